@@ -1,0 +1,133 @@
+"""MNIST-style data: IDX files read into uint8 tensors, a seeded train/valid split, batches.
+
+The whole data set stays on the chosen device as uint8 (47 MB for 60,000 images, a quarter of
+float32); each batch is gathered with one index and converted to floats in [0, 1] on the fly.
+"""
+import gzip
+import os
+
+import torch
+
+from utils import CliError
+
+DATASETS = {
+    # name: (torchvision class name, its raw folder under data_dir, extra folders to search)
+    'mnist': ('MNIST', 'MNIST/raw', []),
+    'fashion_mnist': ('FashionMNIST', 'FashionMNIST/raw', ['/usr/share/datasets/fashion-mnist']),
+}
+IDX_DTYPE_UBYTE = 0x08
+
+
+class DataError(CliError):
+    """A data set that is missing, corrupt or truncated."""
+
+
+def read_idx(path):
+    """Reads an IDX file of unsigned bytes (plain or .gz) into a uint8 tensor, checking the
+    header (magic number, dimensions) against the file's length."""
+    opener = gzip.open if path.endswith('.gz') else open
+    try:
+        with opener(path, 'rb') as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip raises these for a damaged or cut-off archive
+        raise DataError(f'{path}: cannot read ({e})')
+    if len(data) < 4:
+        raise DataError(f'{path}: corrupt IDX file, only {len(data)} bytes')
+    zero, dtype, n_dims = int.from_bytes(data[:2], 'big'), data[2], data[3]
+    if zero != 0 or dtype != IDX_DTYPE_UBYTE or not 1 <= n_dims <= 4:
+        raise DataError(f'{path}: corrupt IDX file, bad magic number 0x{data[:4].hex()} '
+                        f'(expected 0x0000080N for N unsigned-byte dimensions)')
+    header_size = 4 + 4 * n_dims
+    if len(data) < header_size:
+        raise DataError(f'{path}: truncated IDX file, header cut off')
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(n_dims)]
+    expected = header_size + _product(shape)
+    if len(data) != expected:
+        problem = 'truncated' if len(data) < expected else 'corrupt'
+        raise DataError(f'{path}: {problem} IDX file, header says shape {tuple(shape)} '
+                        f'= {expected} bytes, file has {len(data)}')
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header_size).view(*shape)
+
+
+def _product(values):
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
+def search_folders(dataset, data_dir):
+    _, raw_folder, extra = DATASETS[dataset]
+    return [data_dir, os.path.join(data_dir, raw_folder)] + extra
+
+
+def _find(file_name, folders):
+    for folder in folders:
+        for candidate in (file_name, file_name + '.gz'):
+            path = os.path.join(folder, candidate)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _download(dataset, data_dir):
+    """Asks torchvision for the files; True when they arrived."""
+    import torchvision  # only needed here, and slow to import
+    tv_class = getattr(torchvision.datasets, DATASETS[dataset][0])
+    try:
+        tv_class(data_dir, train=True, download=True)
+        tv_class(data_dir, train=False, download=True)
+        return True
+    except Exception:  # offline, blocked, or a mirror that is gone: the caller explains
+        return False
+
+
+def load_dataset(dataset, data_dir, train, download=True):
+    """Returns (images, labels): uint8 (N, 28, 28) and int64 (N,) of the train or test set."""
+    prefix = 'train' if train else 't10k'
+    names = (f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte')
+    folders = search_folders(dataset, data_dir)
+    paths = [_find(name, folders) for name in names]
+    if None in paths and download and _download(dataset, data_dir):
+        paths = [_find(name, folders) for name in names]
+    if None in paths:
+        missing = names[paths.index(None)]
+        hint = ("install it with 'apt-get install dataset-fashion-mnist' or put the four IDX files in "
+                if dataset == 'fashion_mnist' else 'put the four IDX files (plain or .gz) in ')
+        raise DataError(f'{dataset}: {missing}[.gz] not found in {", ".join(folders)} and could not be '
+                        f'downloaded; {hint}{data_dir}')
+    images, labels = (read_idx(path) for path in paths)
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise DataError(f'{paths[0]} and {paths[1]}: expected N images of H x W and N labels, '
+                        f'got shapes {tuple(images.shape)} and {tuple(labels.shape)}')
+    return images, labels.long()
+
+
+def select_labels(images, labels, target_labels):
+    """Keeps only the images of target_labels (all of them when it is None or empty)."""
+    if not target_labels:
+        return images, labels
+    classes = sorted(labels.unique().tolist())
+    unknown = [t for t in target_labels if t not in classes]
+    if unknown:
+        raise CliError(f'--target_labels {" ".join(map(str, unknown))}: not a class of this data set '
+                       f'(classes are {classes[0]}-{classes[-1]})')
+    keep = torch.isin(labels, torch.tensor(target_labels))
+    return images[keep], labels[keep]
+
+
+def split_train_valid(images, labels, train_ratio, seed):
+    """A seeded random split: the same seed gives the same split on every machine."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(images), generator=generator)
+    n_train = int(len(images) * train_ratio)
+    if n_train < 1 or n_train == len(images):
+        raise CliError(f'--train_ratio {train_ratio}: leaves an empty split of {len(images)} images')
+    train_idx, valid_idx = order[:n_train], order[n_train:]
+    return (images[train_idx], labels[train_idx]), (images[valid_idx], labels[valid_idx])
+
+
+def to_input(images):
+    """uint8 images (B, H, W) -> float inputs (B, H * W) in [0, 1]."""
+    # |x| = (batch_size, 784)
+    return images.reshape(len(images), -1).float().div_(255)
