@@ -53,7 +53,7 @@ def save_image_rows(rows, path, title):
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(images):
-                ax.imshow(images[c].reshape(28, 28).clamp(0, 1).cpu(), cmap='gray', vmin=0, vmax=1)
+                ax.imshow(images[c].reshape(28, 28).clamp(0, 1).cpu().numpy(), cmap='gray', vmin=0, vmax=1)
             else:
                 ax.axis('off')
         axes[r, 0].set_ylabel(label, rotation=0, ha='right', va='center')

@@ -3,9 +3,9 @@ import argparse
 import os
 import pickle
 import random
+import re
 import sys
 import tempfile
-import zipfile
 
 import numpy as np
 import torch
@@ -127,12 +127,13 @@ def load_checkpoint(path, map_location='cpu'):
         raise CliError(f'{path}: no such checkpoint file')
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else 'unsupported content'
-        raise CliError(f'{path}: refused to load, it holds more than weights and plain values ({first_line})')
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CliError(f'{path}: not a readable checkpoint (truncated or not made by torch.save): '
-                       f'{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}')
+    except Exception as e:  # the weights-only unpickler is safe; any failure means a bad file
+        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
+            blocked = re.search(r'GLOBAL ([\w.]+)', str(e))
+            what = f'the Python object {blocked.group(1)}' if blocked else 'Python objects'
+            raise CliError(f'{path}: refused: it holds {what}, not only weights and plain values; '
+                           f'nothing in it was run')
+        raise CliError(f'{path}: not a readable checkpoint (truncated, or not written by torch.save)')
     if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in CHECKPOINT_KEYS):
         raise CliError(f'{path}: not a checkpoint of this repository (expected a dict with keys '
                        f'{", ".join(CHECKPOINT_KEYS)})')

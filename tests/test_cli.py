@@ -1,0 +1,197 @@
+"""train.py and predict.py through their command lines, on tiny generated IDX data."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import predict
+import train
+from data_loader import load_dataset, split_train_valid
+from model import build_model
+from trainer import run_epoch
+from utils import load_checkpoint, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--hidden_sizes', '64', '32', '--n_epochs', '3', '--batch_size', '64', '--gpu_id', '-1']
+
+
+def run_script(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def printed_losses(stdout, prefix):
+    line = next(line for line in stdout.splitlines() if line.startswith(prefix))
+    return {k: float(v) for k, v in re.findall(r'(\w+)=([-\d.e+]+)', line)}
+
+
+@pytest.fixture(scope='module', params=['ae', 'vae'])
+def trained(request, data_dir, tmp_path_factory):
+    model_fn = str(tmp_path_factory.mktemp(request.param) / f'{request.param}.pth')
+    result = run_script('train.py', '--model_fn', model_fn, '--model', request.param, '--btl_size', '2',
+                        '--data_dir', data_dir, *TINY)
+    assert result.returncode == 0, result.stderr
+    return model_fn, result
+
+
+def test_train_prints_model_optimizer_and_epochs(trained):
+    _, result = trained
+    assert 'Linear(in_features=784, out_features=64' in result.stdout
+    assert 'Adam (' in result.stdout
+    assert re.search(r'epoch 3: train loss=', result.stdout + result.stderr)
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    model_fn, _ = trained
+    checkpoint = torch.load(model_fn, weights_only=True)
+    assert set(checkpoint) == {'model', 'opt', 'config', 'history'}
+    assert checkpoint['config']['btl_size'] == 2 and checkpoint['config']['hidden_sizes'] == [64, 32]
+    assert [h['epoch'] for h in checkpoint['history']] == [1, 2, 3]
+    assert 'state' in checkpoint['opt']
+    assert not [f for f in os.listdir(os.path.dirname(model_fn)) if f.endswith('.tmp')]
+
+
+def test_rebuilt_model_reproduces_the_best_valid_loss(trained, data_dir):
+    model_fn, _ = trained
+    checkpoint = load_checkpoint(model_fn)
+    config = checkpoint['config']
+    model = build_model(config)
+    model.load_state_dict(checkpoint['model'])
+    images, labels = load_dataset('mnist', data_dir, train=True, download=False)
+    _, (valid_images, _) = split_train_valid(images, labels, config['train_ratio'], config['seed'])
+    best = min(h['valid_loss'] for h in checkpoint['history'])
+    assert run_epoch(model, valid_images, 64)['loss'] == pytest.approx(best, rel=1e-5)
+
+
+def test_predict_evaluates_the_test_set_and_writes_figures(trained, data_dir, tmp_path):
+    model_fn, _ = trained
+    result = run_script('predict.py', '--model_fn', model_fn, '--out_dir', str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    checkpoint = load_checkpoint(model_fn)
+    model = build_model(checkpoint['config'])
+    model.load_state_dict(checkpoint['model'])
+    test_images, _ = load_dataset('mnist', data_dir, train=False, download=False)
+    expected = run_epoch(model, test_images, 1024)
+    printed = printed_losses(result.stdout, 'test:')
+    assert printed.keys() == expected.keys()
+    for name in expected:
+        assert printed[name] == pytest.approx(expected[name], abs=1e-4)
+
+    written = re.findall(r'^wrote (.+)$', result.stdout, re.M)
+    names = {os.path.basename(p) for p in written}
+    assert 'reconstructions.png' in names
+    assert ('samples.png' in names) == (checkpoint['config']['model'] == 'vae')
+    for path in written:
+        with open(path, 'rb') as f:
+            assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_predict_default_out_dir_is_beside_the_checkpoint(trained):
+    model_fn, _ = trained
+    result = run_script('predict.py', '--model_fn', model_fn)
+    assert result.returncode == 0, result.stderr
+    assert os.path.isfile(os.path.splitext(model_fn)[0] + '_predict/reconstructions.png')
+
+
+def test_target_labels_keep_only_those_classes(data_dir, tmp_path, capsys):
+    model_fn = str(tmp_path / 'm.pth')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, '--target_labels', '1', '7',
+                                '--verbose', '0', *TINY[:-4], '--n_epochs', '1']), 'train.py')
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1']), 'predict.py')
+    assert 'test set: 20 images (classes 1 7)' in capsys.readouterr().out
+
+
+# --- bad input: one line on stderr, exit code 2, no traceback, nothing clobbered ---
+
+def expect_usage_error(main, prog, argv, capsys, match):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv), prog)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert 'Traceback' not in err
+    assert match in err, err
+
+
+@pytest.mark.parametrize('flags, match', [
+    (['--btl_size', '0'], '--btl_size: must be an integer >= 1, got 0'),
+    (['--n_layers', '0'], '--n_layers: must be an integer >= 1'),
+    (['--hidden_sizes', '64', '0'], '--hidden_sizes: must be an integer >= 1'),
+    (['--train_ratio', '1'], '--train_ratio: must be in (0, 1)'),
+    (['--train_ratio', '0'], '--train_ratio: must be in (0, 1)'),
+    (['--batch_size', '0'], '--batch_size: must be an integer >= 1'),
+    (['--n_epochs', '0'], '--n_epochs: must be an integer >= 1'),
+    (['--dropout_p', '1'], '--dropout_p: must be in [0, 1)'),
+    (['--dropout_p', '-0.1'], '--dropout_p: must be in [0, 1)'),
+    (['--btl_size', 'two'], "invalid int value: 'two'"),
+    (['--model', 'gan'], "invalid choice: 'gan'"),
+    (['--model', 'vae', '--loss', 'mse'], '--loss applies to --model ae only'),
+    (['--target_labels', '3', '10'], '--target_labels 10: not a class of this data set'),
+    (['--gpu_id', str(torch.cuda.device_count())], '--gpu_id'),
+    (['--dataset', 'fashion_mnist', '--data_dir', '/nonexistent'], 'could not be downloaded'),
+])
+def test_train_bad_input(flags, match, data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr('data_loader._download', lambda dataset, data_dir: False)  # no network in tests
+    monkeypatch.setitem(__import__('data_loader').DATASETS, 'fashion_mnist',
+                        ('FashionMNIST', 'FashionMNIST/raw', []))
+    model_fn = tmp_path / 'keep.pth'
+    model_fn.write_bytes(b'an earlier checkpoint')
+    argv = ['--model_fn', str(model_fn), '--data_dir', data_dir, '--n_epochs', '1', '--verbose', '0']
+    expect_usage_error(train.main, 'train.py', argv + flags, capsys, match)
+    assert model_fn.read_bytes() == b'an earlier checkpoint'
+
+
+def test_train_refuses_an_unwritable_model_fn(data_dir, tmp_path, capsys):
+    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'no' / 'such' / 'x.pth'),
+                                                '--data_dir', data_dir], capsys, 'does not exist')
+
+
+@pytest.mark.parametrize('content, match', [
+    (None, 'no such checkpoint file'),
+    (b'', 'not a readable checkpoint'),
+    (b'hello, I am not a checkpoint', 'not a readable checkpoint'),
+    ('truncated', 'not a readable checkpoint'),
+    ('other_dict', 'not a checkpoint of this repository'),
+    ('bad_weights', 'weights do not match its config'),
+])
+def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
+    model_fn, _ = trained
+    path = tmp_path / 'bad.pth'
+    if content == 'truncated':
+        data = open(model_fn, 'rb').read()
+        path.write_bytes(data[:len(data) // 2])
+    elif content == 'other_dict':
+        torch.save({'state_dict': {}}, path)
+    elif content == 'bad_weights':
+        checkpoint = torch.load(model_fn, weights_only=True)
+        checkpoint['config']['btl_size'] = 5
+        torch.save(checkpoint, path)
+    elif content is not None:
+        path.write_bytes(content)
+    expect_usage_error(predict.main, 'predict.py', ['--model_fn', str(path), '--gpu_id', '-1'], capsys, match)
+
+
+def test_bad_input_through_the_real_command_line(tmp_path):
+    result = run_script('train.py', '--model_fn', str(tmp_path / 'x.pth'), '--btl_size', '0')
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'train.py: error: argument --btl_size: must be an integer >= 1, got 0'
+    result = run_script('predict.py', '--model_fn', str(tmp_path / 'missing.pth'))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'predict.py: error: {tmp_path / "missing.pth"}: no such checkpoint file'
+
+
+def test_predict_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
+    marker = tmp_path / 'payload-ran'
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))  # would create the marker file when unpickled
+
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': Payload(), 'config': {}, 'history': []}, path)
+    expect_usage_error(predict.main, 'predict.py', ['--model_fn', str(path), '--gpu_id', '-1'], capsys,
+                       'refused: it holds the Python object')
+    assert not marker.exists()

@@ -1,0 +1,117 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data_loader
+from conftest import make_images, write_dataset, write_idx
+from data_loader import DataError, load_dataset, read_idx, select_labels, split_train_valid, to_input
+from utils import CliError
+
+
+@pytest.mark.parametrize('name', ['images-idx3-ubyte', 'images-idx3-ubyte.gz'])
+def test_read_idx_plain_and_gzip(tmp_path, name):
+    images, _ = make_images(7, seed=0)
+    path = write_idx(str(tmp_path / name), images)
+    result = read_idx(path)
+    assert result.dtype == torch.uint8 and result.shape == (7, 28, 28)
+    assert np.array_equal(result.numpy(), images)
+
+
+def test_read_idx_labels(tmp_path):
+    path = write_idx(str(tmp_path / 'labels-idx1-ubyte'), [3, 1, 4, 1, 5])
+    assert read_idx(path).tolist() == [3, 1, 4, 1, 5]
+
+
+def raw_idx(images):
+    path_bytes = bytes([0, 0, 8, 3]) + b''.join(d.to_bytes(4, 'big') for d in images.shape)
+    return path_bytes + images.tobytes()
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda b: b'\x00\x00\x09\x03' + b[4:], 'bad magic number'),     # int8 instead of ubyte
+    (lambda b: b'\x12\x34' + b[2:], 'bad magic number'),
+    (lambda b: b[:-5], 'truncated IDX file'),                       # cut inside the pixels
+    (lambda b: b[:9], 'truncated IDX file, header'),                # cut inside the header
+    (lambda b: b + b'\x00' * 3, 'corrupt IDX file'),                # bytes after the data
+    (lambda b: b[:2], 'corrupt IDX file, only 2 bytes'),
+])
+def test_read_idx_names_the_corrupt_or_truncated_file(tmp_path, mutate, message):
+    images, _ = make_images(3, seed=0)
+    path = tmp_path / 'bad-images-idx3-ubyte'
+    path.write_bytes(mutate(raw_idx(images)))
+    with pytest.raises(DataError, match=message) as error:
+        read_idx(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+    images, _ = make_images(3, seed=0)
+    whole = gzip.compress(raw_idx(images))
+    path = tmp_path / 'images-idx3-ubyte.gz'
+    path.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match='cannot read'):
+        read_idx(str(path))
+
+
+@pytest.mark.parametrize('layout', ['', 'MNIST/raw'])
+@pytest.mark.parametrize('compress', [True, False])
+def test_load_dataset_finds_files_in_data_dir_and_torchvision_layout(tmp_path, layout, compress):
+    write_dataset(os.path.join(tmp_path, layout), n_train=50, n_test=20, compress=compress)
+    images, labels = load_dataset('mnist', str(tmp_path), train=True, download=False)
+    assert images.shape == (50, 28, 28) and labels.shape == (50,) and labels.dtype == torch.int64
+    images, labels = load_dataset('mnist', str(tmp_path), train=False, download=False)
+    assert images.shape == (20, 28, 28)
+
+
+def test_missing_data_set_names_the_folders_searched(tmp_path, monkeypatch):
+    # The Debian package's folder may exist on this machine: search an empty stand-in instead.
+    system_folder = str(tmp_path / 'usr-share-datasets')
+    monkeypatch.setitem(data_loader.DATASETS, 'fashion_mnist', ('FashionMNIST', 'FashionMNIST/raw', [system_folder]))
+    with pytest.raises(DataError) as error:
+        load_dataset('fashion_mnist', str(tmp_path), train=True, download=False)
+    message = str(error.value)
+    for folder in (str(tmp_path), os.path.join(tmp_path, 'FashionMNIST/raw'), system_folder):
+        assert folder in message
+    assert 'apt-get install dataset-fashion-mnist' in message
+
+
+def test_images_and_labels_of_different_lengths(tmp_path):
+    write_dataset(str(tmp_path), n_train=30, n_test=10, compress=False)
+    write_idx(str(tmp_path / 'train-labels-idx1-ubyte'), np.zeros(29))
+    with pytest.raises(DataError, match='expected N images'):
+        load_dataset('mnist', str(tmp_path), train=True, download=False)
+
+
+def test_split_sizes_disjoint_and_seeded():
+    images = torch.arange(1000).reshape(100, 10)  # row i holds 10 i .. 10 i + 9: identifiable
+    labels = torch.arange(100)
+    (train_x, train_y), (valid_x, valid_y) = split_train_valid(images, labels, .8, seed=3)
+    assert len(train_x) == 80 and len(valid_x) == 20
+    assert set(train_y.tolist()).isdisjoint(valid_y.tolist())
+    assert sorted(train_y.tolist() + valid_y.tolist()) == list(range(100))
+    assert torch.equal(train_x[:, 0] // 10, train_y)  # images stay with their labels
+    (again_x, _), _ = split_train_valid(images, labels, .8, seed=3)
+    (other_x, _), _ = split_train_valid(images, labels, .8, seed=4)
+    assert torch.equal(train_x, again_x) and not torch.equal(train_x, other_x)
+
+
+def test_split_refuses_an_empty_side():
+    with pytest.raises(CliError, match='empty split'):
+        split_train_valid(torch.zeros(3, 2), torch.zeros(3), .1, seed=0)
+
+
+def test_select_labels():
+    labels = torch.tensor([0, 1, 2, 3, 8, 9, 1])
+    images = torch.arange(7)
+    kept_images, kept_labels = select_labels(images, labels, [1, 8])
+    assert kept_labels.tolist() == [1, 8, 1] and kept_images.tolist() == [1, 4, 6]
+    with pytest.raises(CliError, match='--target_labels 12'):
+        select_labels(images, labels, [1, 12])
+
+
+def test_to_input_scales_to_unit_interval():
+    images = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
+    assert torch.allclose(to_input(images), torch.tensor([[0., 1., .2, .4]]))

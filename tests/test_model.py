@@ -1,0 +1,117 @@
+import pytest
+import torch
+import torch.nn as nn
+from torch.distributions import Normal, kl_divergence
+
+from model import VAE, AutoEncoder, Block, build_model, gaussian_kl
+from utils import hidden_size_schedule
+
+
+def linear_sizes(module):
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def config(**overrides):
+    base = dict(model='ae', hidden_sizes=None, n_layers=5, btl_size=10, use_dropout=False, dropout_p=.3,
+                loss='mse', kl_weight=1.)
+    return {**base, **overrides}
+
+
+def chain(sizes):
+    return list(zip(sizes[:-1], sizes[1:]))
+
+
+@pytest.mark.parametrize('hidden_sizes, btl_size', [([512, 256, 128], 2), ([300], 30), ([700, 10], 10),
+                                                    ([64, 64, 64, 64], 1)])
+@pytest.mark.parametrize('model_name', ['ae', 'vae'])
+def test_encoder_and_decoder_mirror_every_hidden_size(hidden_sizes, btl_size, model_name):
+    model = build_model(config(model=model_name, hidden_sizes=hidden_sizes, btl_size=btl_size))
+    head = 2 * btl_size if model_name == 'vae' else btl_size  # mu and logvar share one head
+    assert linear_sizes(model.encoder) == chain([784] + hidden_sizes + [head])
+    assert linear_sizes(model.decoder) == chain([btl_size] + hidden_sizes[::-1] + [784])
+
+
+@pytest.mark.parametrize('n_layers, btl_size, expected', [
+    (5, 2, [654, 523, 393, 263, 132]),
+    (1, 10, [397]),
+    (3, 784, [784, 784, 784]),
+])
+def test_n_layers_schedule_falls_in_equal_steps(n_layers, btl_size, expected):
+    assert hidden_size_schedule(784, btl_size, n_layers) == expected
+    model = build_model(config(n_layers=n_layers, btl_size=btl_size))
+    assert linear_sizes(model.encoder) == chain([784] + expected + [btl_size])
+    assert linear_sizes(model.decoder) == chain([btl_size] + expected[::-1] + [784])
+
+
+def test_block_uses_batch_norm_or_dropout():
+    with_bn = Block(8, 4)
+    with_dropout = Block(8, 4, use_batch_norm=False, dropout_p=.25)
+    assert [type(m) for m in with_bn.block] == [nn.Linear, nn.ReLU, nn.BatchNorm1d]
+    assert [type(m) for m in with_dropout.block] == [nn.Linear, nn.ReLU, nn.Dropout]
+    assert with_dropout.block[2].p == .25
+    model = build_model(config(use_dropout=True, dropout_p=.1))
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    assert all(m.p == .1 for m in model.modules() if isinstance(m, nn.Dropout))
+
+
+@pytest.mark.parametrize('model_name', ['ae', 'vae'])
+def test_every_model_offers_the_same_interface(model_name):
+    model = build_model(config(model=model_name, btl_size=3)).eval()
+    x = torch.rand(5, 784)
+    z = model.encode(x)
+    assert z.shape == (5, 3)
+    assert model.decode(z).shape == (5, 784)
+    assert torch.allclose(model(x), model.decode(z))
+    loss, parts = model.loss(x)
+    assert loss.dim() == 0 and 'recon' in parts
+
+
+def test_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(6, 4), torch.randn(6, 4)
+    expected = kl_divergence(Normal(mu, torch.exp(.5 * logvar)), Normal(0., 1.))
+    assert torch.allclose(gaussian_kl(mu, logvar), expected, atol=1e-6)
+
+
+def test_vae_loss_is_the_negative_elbo_per_image():
+    torch.manual_seed(0)
+    model = VAE(input_size=4, hidden_sizes=[3], btl_size=2, kl_weight=.5).eval()
+    x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
+    loss, parts = model.loss(x)
+
+    # By hand: in eval z = mu; the decoder gives Bernoulli logits for each pixel.
+    mu, logvar = model.encoder(x)[:, :2], model.encoder(x)[:, 2:]
+    p = torch.sigmoid(model.decoder(mu))
+    recon = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(1)  # summed over pixels
+    var = torch.exp(logvar)
+    kl = .5 * (mu ** 2 + var - 1 - torch.log(var)).sum(1)  # summed over latents
+    assert torch.allclose(parts['recon'], recon.mean(), atol=1e-5)
+    assert torch.allclose(parts['kl'], kl.mean(), atol=1e-5)
+    assert torch.allclose(loss, (recon + .5 * kl).mean(), atol=1e-5)
+
+
+def test_vae_samples_z_in_training_and_uses_mu_in_eval():
+    torch.manual_seed(0)
+    model = VAE(input_size=4, hidden_sizes=[3], btl_size=2, use_batch_norm=False, dropout_p=0.)
+    x = torch.rand(3, 4)
+    mu, logvar = model.posterior(x)
+    assert torch.equal(model.eval().encode(x), mu)
+    torch.manual_seed(1)
+    z = model.train().encode(x)
+    torch.manual_seed(1)
+    eps = torch.randn_like(mu)
+    assert torch.allclose(z, mu + eps * torch.exp(.5 * logvar))
+
+
+@pytest.mark.parametrize('loss_name', ['mse', 'bce'])
+def test_autoencoder_loss_is_summed_over_pixels_and_averaged_over_images(loss_name):
+    model = AutoEncoder(input_size=4, hidden_sizes=[3], btl_size=2, loss=loss_name).eval()
+    x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
+    loss, _ = model.loss(x)
+    x_hat = model(x)
+    if loss_name == 'mse':
+        expected = ((x_hat - x) ** 2).sum(1).mean()
+    else:
+        assert ((0 < x_hat) & (x_hat < 1)).all()  # decode() turns the logits into pixels
+        expected = -(x * torch.log(x_hat) + (1 - x) * torch.log(1 - x_hat)).sum(1).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)

@@ -1,0 +1,66 @@
+import torch
+import torch.nn as nn
+
+from trainer import Trainer, run_epoch
+
+
+class ScalarModel(nn.Module):
+    """loss = (w - 3)^2 whatever the batch: the valid loss is known for any w."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.))
+
+    def loss(self, x):
+        loss = (self.w - 3) ** 2 + 0 * x.sum()
+        return loss, {'recon': loss}
+
+
+class ScriptedOptimizer(torch.optim.SGD):
+    """Sets w to the next scripted value at every step (one step per epoch here)."""
+
+    def __init__(self, params, values):
+        super().__init__(params, lr=0.)
+        self.values = iter(values)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.param_groups[0]['params'][0].fill_(next(self.values))
+
+
+def test_trainer_restores_the_weights_of_the_best_epoch():
+    model = ScalarModel()
+    # Valid losses per epoch: 4, 0.25, 49, 1: the second epoch is the best.
+    optimizer = ScriptedOptimizer(model.parameters(), [5., 3.5, 10., 4.])
+    images = torch.zeros(8, 2, 2, dtype=torch.uint8)
+    history = Trainer(model, optimizer, verbose=0).train(images, images, n_epochs=4, batch_size=8)
+    assert [h['epoch'] for h in history] == [1, 2, 3, 4]
+    assert [h['valid_loss'] for h in history] == [4., .25, 49., 1.]
+    assert [h['valid_recon'] for h in history] == [4., .25, 49., 1.]
+    assert model.w.item() == 3.5
+
+
+def test_run_epoch_averages_per_image_over_uneven_batches():
+    class MeanPixel(nn.Module):
+        def loss(self, x):
+            loss = x.mean()
+            return loss, {'recon': loss}
+
+    # 5 images, batches of 2, 2 and 1: a per-batch mean would weigh the last image double.
+    images = torch.tensor([0, 0, 0, 0, 255], dtype=torch.uint8).reshape(5, 1, 1)
+    losses = run_epoch(MeanPixel(), images, batch_size=2)
+    assert abs(losses['loss'] - .2) < 1e-6
+
+
+def test_training_lowers_the_loss_of_a_real_model():
+    from model import build_model
+    torch.manual_seed(0)
+    config = dict(model='vae', hidden_sizes=[32], n_layers=1, btl_size=2, use_dropout=False, dropout_p=.3,
+                  loss=None, kl_weight=1.)
+    model = build_model(config)
+    images = (torch.rand(64, 28, 28) * 255).to(torch.uint8)
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), verbose=0)
+    history = trainer.train(images, images, n_epochs=5, batch_size=16)
+    assert history[-1]['train_loss'] < history[0]['train_loss']
+    assert set(history[0]) == {'epoch', 'lr', 'train_loss', 'train_recon', 'train_kl',
+                               'valid_loss', 'valid_recon', 'valid_kl'}
