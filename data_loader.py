@@ -5,6 +5,7 @@ float32); each batch is gathered with one index and converted to floats in [0, 1
 """
 import gzip
 import os
+import zlib
 
 import torch
 
@@ -29,7 +30,7 @@ def read_idx(path):
     try:
         with opener(path, 'rb') as f:
             data = f.read()
-    except (OSError, EOFError) as e:  # gzip raises these for a damaged or cut-off archive
+    except (OSError, EOFError, zlib.error) as e:  # what gzip raises for a damaged or cut-off archive
         raise DataError(f'{path}: cannot read ({e})')
     if len(data) < 4:
         raise DataError(f'{path}: corrupt IDX file, only {len(data)} bytes')

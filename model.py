@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import hidden_size_schedule
+from utils import CliError, first_line, hidden_size_schedule
 
 INPUT_SIZE = 28 * 28
 
@@ -140,3 +140,23 @@ def build_model(config, input_size=INPUT_SIZE):
     if config['model'] == 'vae':
         return VAE(**common, kl_weight=config['kl_weight'])
     return AutoEncoder(**common, loss=config['loss'])
+
+
+def model_from_checkpoint(checkpoint, path):
+    """Rebuilds the model from a checkpoint's config alone and loads its weights. The config
+    is first built on the meta device (no memory) and compared with the weights, so a config
+    that does not describe them is refused before anything is allocated."""
+    try:
+        with torch.device('meta'):
+            expected = {k: tuple(v.shape) for k, v in build_model(checkpoint['config']).state_dict().items()}
+        found = {k: tuple(getattr(v, 'shape', ())) for k, v in checkpoint['model'].items()}
+        if expected != found:
+            name = sorted(expected.keys() ^ found.keys() or
+                          {k for k in expected if expected[k] != found[k]})[0]
+            raise ValueError(f'{name}: the config gives {expected.get(name, "no such tensor")}, '
+                             f'the file holds {found.get(name, "no such tensor")}')
+        model = build_model(checkpoint['config'])
+        model.load_state_dict(checkpoint['model'])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CliError(f'{path}: its weights do not match its config ({first_line(e)})')
+    return model

@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from data_loader import DATASETS, load_dataset, select_labels, to_input
-from model import build_model
+from model import model_from_checkpoint
 from trainer import format_losses, run_epoch
-from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, load_checkpoint, run_cli
+from utils import ArgumentParser, CliError, check_writable, default_gpu_id, get_device, int_at_least, load_checkpoint, run_cli
 
 
 def define_argparser(argv=None):
@@ -29,17 +29,6 @@ def define_argparser(argv=None):
     p.add_argument('--n_images', type=int_at_least(1), default=10,
                    help='test images in the reconstruction figure (default: %(default)s)')
     return p.parse_args(argv)
-
-
-def load_model(checkpoint, path, device):
-    """Rebuilds the model from the checkpoint's config alone and loads its weights."""
-    try:
-        model = build_model(checkpoint['config'])
-        model.load_state_dict(checkpoint['model'])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CliError(f'{path}: its weights do not match its config ({reason})')
-    return model.to(device).eval()
 
 
 def save_image_rows(rows, path, title):
@@ -73,7 +62,7 @@ def main(argv=None):
     device = get_device(args.gpu_id)
     checkpoint = load_checkpoint(args.model_fn)
     config = checkpoint['config']
-    model = load_model(checkpoint, args.model_fn, device)
+    model = model_from_checkpoint(checkpoint, args.model_fn).to(device).eval()
     dataset = args.dataset or config['dataset']
     data_dir = args.data_dir or config['data_dir']
     out_dir = args.out_dir or os.path.splitext(args.model_fn)[0] + '_predict'
@@ -81,6 +70,7 @@ def main(argv=None):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise CliError(f'--out_dir {out_dir}: cannot create it ({e.strerror})')
+    check_writable(os.path.join(out_dir, 'reconstructions.png'))
 
     images, labels = load_dataset(dataset, data_dir, train=False)
     images, labels = select_labels(images, labels, config['target_labels'])

@@ -2,22 +2,32 @@
 
     python train.py --model_fn ae.pth --btl_size 2
 """
+import contextlib
+import signal
 import sys
 
 import torch
 
 from data_loader import DATASETS, load_dataset, select_labels, split_train_valid
-from model import build_model
-from trainer import Trainer
-from utils import (ArgumentParser, CliError, check_writable, default_gpu_id, float_in, get_device, int_at_least,
-                   run_cli, save_checkpoint, set_seed)
+from model import build_model, model_from_checkpoint
+from trainer import NonFiniteLoss, Trainer
+from utils import (ArgumentParser, CliError, check_writable, default_gpu_id, first_line, float_in, get_device,
+                   int_at_least, load_checkpoint, run_cli, save_checkpoint, set_seed)
 
 
-def define_argparser(argv=None):
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Flags that may be given with --resume: they do not change what is being trained.
+RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'gpu_id', 'data_dir', 'verbose'}
+
+
+def define_argparser():
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
     p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
     p.add_argument('--gpu_id', type=int, default=default_gpu_id(),
                    help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run saved in --model_fn with its saved flags; only --n_epochs, --gpu_id, '
+                        '--data_dir and --verbose may be given with it')
 
     g = p.add_argument_group('model')
     g.add_argument('--model', choices=['ae', 'vae'], default='ae',
@@ -64,6 +74,10 @@ def define_argparser(argv=None):
     g.add_argument('--target_labels', type=int, nargs='+', default=None,
                    help='train on these classes only, e.g. 0 1 3 8')
 
+    return p
+
+
+def parse_args(p, argv):
     config = p.parse_args(argv)
     if config.model == 'vae' and config.loss is not None:
         p.error('--loss applies to --model ae only; the VAE\'s reconstruction term is always BCE')
@@ -80,8 +94,63 @@ def build_optimizer(model, config):
     return optimizer, scheduler
 
 
+def check_resume_flags(argv, parser):
+    """With --resume the run goes on with the flags saved in the checkpoint; a flag that
+    would change the model, the data or the optimisation is refused."""
+    given = {action.dest for action in parser._actions
+             for arg in argv if arg.split('=')[0] in action.option_strings}
+    refused = sorted(given - RESUMABLE_FLAGS)
+    if refused:
+        raise CliError(f'--resume continues with the flags saved in the checkpoint; --{refused[0]} would change '
+                       f'the run (allowed with --resume: {", ".join("--" + f for f in sorted(RESUMABLE_FLAGS))})')
+    return given
+
+
+def resume_config(config, argv, parser):
+    checkpoint = load_checkpoint(config['model_fn'])
+    given = check_resume_flags(argv, parser)
+    saved = checkpoint['config']
+    if 'last' not in checkpoint:
+        raise CliError(f'{config["model_fn"]}: holds no state to resume from')
+    resumed = {**saved, **{k: config[k] for k in given}}
+    if resumed['scheduler'] != 'none' and resumed['n_epochs'] != saved['n_epochs']:
+        raise CliError(f'--n_epochs: --scheduler {saved["scheduler"]} was planned over {saved["n_epochs"]} '
+                       f'epochs and cannot be stretched on --resume')
+    if len(checkpoint['history']) >= resumed['n_epochs']:
+        raise CliError(f'{config["model_fn"]} already holds {len(checkpoint["history"])} epochs; '
+                       f'give a larger --n_epochs to train on')
+    return resumed, checkpoint
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer):
+    """The first Ctrl-C or SIGTERM asks the Trainer to stop after the current step; a
+    second one exits at once (a save in progress is abandoned, the file on disk stays whole).
+    The previous handlers come back afterwards."""
+    def exit_now(signum, frame):
+        print(f'\n{signal.Signals(signum).name} again: exiting now; files on disk are untouched', file=sys.stderr)
+        sys.exit(128 + signum)
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = signum
+        for s in STOP_SIGNALS:
+            signal.signal(s, exit_now)
+
+    previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv=None):
-    config = vars(define_argparser(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    parser = define_argparser()
+    config = vars(parse_args(parser, argv))
+    checkpoint = None
+    if config['resume']:
+        config, checkpoint = resume_config(config, argv, parser)
     device = get_device(config['gpu_id'])
     check_writable(config['model_fn'])
     set_seed(config['seed'])
@@ -92,7 +161,7 @@ def main(argv=None):
     if config['verbose']:
         print(f'{config["dataset"]}: {len(train_images)} train / {len(valid_images)} valid images')
 
-    model = build_model(config).to(device)
+    model = (model_from_checkpoint(checkpoint, config['model_fn']) if checkpoint else build_model(config)).to(device)
     optimizer, scheduler = build_optimizer(model, config)
     if config['verbose']:
         print(model)
@@ -100,25 +169,40 @@ def main(argv=None):
         print(f'parameters: {sum(p.numel() for p in model.parameters()):,}')
 
     trainer = Trainer(model, optimizer, scheduler, verbose=config['verbose'])
-    history = trainer.train(train_images.to(device), valid_images.to(device), config['n_epochs'],
-                            config['batch_size'])
-    if not history:
-        print('interrupted before the first epoch ended; nothing saved', file=sys.stderr)
-        sys.exit(130)
+    if checkpoint is not None:
+        try:
+            trainer.load_state_dict(checkpoint)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CliError(f'{config["model_fn"]}: cannot resume from it ({first_line(e)})')
+        if config['verbose']:
+            print(f'resuming after epoch {len(trainer.history)}')
 
-    save_checkpoint(config['model_fn'], {
-        'model': model.state_dict(),
-        'opt': optimizer.state_dict(),
-        'config': config,
-        'history': history,
-    })
-    best = min(history, key=lambda h: h['valid_loss'])
-    if trainer.interrupted:
-        print(f'interrupted after epoch {len(history)}; saved the best model so far (epoch {best["epoch"]}, '
-              f'valid loss {best["valid_loss"]:.4f}) to {config["model_fn"]}', file=sys.stderr)
-        sys.exit(130)
+    def save(trainer):
+        save_checkpoint(config['model_fn'], {**trainer.state_dict(), 'config': config})
+
+    try:
+        with stop_on_signals(trainer):
+            finished = trainer.train(train_images.to(device), valid_images.to(device), config['n_epochs'],
+                                     config['batch_size'], on_epoch_end=save)
+    except NonFiniteLoss as e:
+        print(f'train.py: stopped: {e}; {saved_so_far(trainer, config)}', file=sys.stderr)
+        sys.exit(1)
+    if not finished:
+        print(f'train.py: {signal.Signals(trainer.stop_requested).name} in epoch {len(trainer.history) + 1}: '
+              f'{saved_so_far(trainer, config)}; resume with: python train.py --model_fn {config["model_fn"]} '
+              f'--resume', file=sys.stderr)
+        sys.exit(128 + trainer.stop_requested)
     if config['verbose']:
-        print(f'saved {config["model_fn"]} (best epoch {best["epoch"]}, valid loss {best["valid_loss"]:.4f})')
+        print(f'saved {config["model_fn"]} ({saved_so_far(trainer, config)})')
+
+
+def saved_so_far(trainer, config):
+    """What the checkpoint file holds now, in words."""
+    if not trainer.history:
+        return f'no epoch finished, {config["model_fn"]} was left as it was'
+    best = min(trainer.history, key=lambda h: h['valid_loss'])
+    return (f'{config["model_fn"]} holds epochs 1-{len(trainer.history)}, best epoch {best["epoch"]} '
+            f'with valid loss {best["valid_loss"]:.4f}')
 
 
 if __name__ == '__main__':

@@ -7,9 +7,14 @@ from tqdm import tqdm
 from data_loader import to_input
 
 
-def run_epoch(model, images, batch_size, optimizer=None, progress=None):
+class NonFiniteLoss(Exception):
+    """The loss became nan or inf; training cannot go on from these weights."""
+
+
+def run_epoch(model, images, batch_size, optimizer=None, progress=None, should_stop=None):
     """One pass over images (uint8, on the model's device): trains when an optimizer is
-    given, else evaluates. Returns the mean loss and parts per image as floats."""
+    given, else evaluates. Returns the mean loss and parts per image as floats, or None when
+    should_stop() turned true before the pass ended."""
     training = optimizer is not None
     model.train(training)
     n = len(images)
@@ -17,22 +22,27 @@ def run_epoch(model, images, batch_size, optimizer=None, progress=None):
     order = torch.randperm(n, device=images.device) if training else torch.arange(n, device=images.device)
     totals, seen = {}, 0
     with torch.set_grad_enabled(training):
-        for idx in order.split(batch_size):
+        for step, idx in enumerate(order.split(batch_size), start=1):
             if training and len(idx) < 2:
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
             x = to_input(images[idx])
             # |x| = (batch_size, 784)
             loss, parts = model.loss(x)
+            # Checked before the update, so the weights never take a nan step.
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f'loss is {loss.item()} at step {step}')
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            # Sums stay on the device: no synchronisation per step.
+            # Sums stay on the device: no synchronisation for them.
             for name, value in {'loss': loss, **parts}.items():
                 totals[name] = totals.get(name, 0.) + value.detach() * len(idx)
             seen += len(idx)
             if progress is not None:
                 progress.update(1)
+            if should_stop is not None and should_stop():
+                return None
     return {name: (total / seen).item() for name, total in totals.items()}
 
 
@@ -40,9 +50,25 @@ def format_losses(losses):
     return ' '.join(f'{name}={value:.4f}' for name, value in losses.items())
 
 
+def rng_states():
+    return {'cpu': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states['cpu'])
+    if states['cuda'] and len(states['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
 class Trainer:
     """Trains on shuffled mini-batches, validates after each epoch, and keeps the weights of
-    the epoch with the lowest valid loss, which it restores at the end."""
+    the epoch with the lowest valid loss, which it restores at the end.
+
+    After every epoch it calls on_epoch_end(trainer), where train.py saves a checkpoint.
+    Setting stop_requested (from a signal handler) ends training after the current step;
+    the unfinished epoch is dropped, so what was saved last is a clean point to resume from.
+    """
 
     def __init__(self, model, optimizer, scheduler=None, verbose=1):
         self.model = model
@@ -52,29 +78,35 @@ class Trainer:
         self.history = []
         self.best_loss = float('inf')
         self.best_state = None
-        self.interrupted = False
+        self.stop_requested = False
 
-    def train(self, train_images, valid_images, n_epochs, batch_size):
-        """Returns the history: one dict per epoch with train_* and valid_* losses.
-        Ctrl-C ends training early, still with the best weights restored."""
+    def train(self, train_images, valid_images, n_epochs, batch_size, on_epoch_end=None):
+        """Runs the epochs after those already in the history, up to n_epochs. Returns True
+        when all of them ran, False when stop_requested ended training early."""
+        # The bar is cleared when training ends: the per-epoch lines are the record.
         epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=self.verbose < 1,
-                      dynamic_ncols=True)
-        try:
+                      leave=False, dynamic_ncols=True)
+        with epochs:
             for epoch in epochs:
-                self._train_epoch(epoch, train_images, valid_images, batch_size, epochs)
-        except KeyboardInterrupt:
-            self.interrupted = True
-        finally:
-            epochs.close()
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        return self.history
+                try:
+                    finished = self._train_epoch(epoch, train_images, valid_images, batch_size, epochs)
+                except NonFiniteLoss as e:
+                    raise NonFiniteLoss(f'{e} of epoch {epoch}') from None
+                if not finished:
+                    return False
+                if on_epoch_end is not None:
+                    on_epoch_end(self)
+        self.model.load_state_dict(self.best_state)
+        return True
 
     def _train_epoch(self, epoch, train_images, valid_images, batch_size, epochs):
         n_steps = (len(train_images) + batch_size - 1) // batch_size
         with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=self.verbose < 2,
                   dynamic_ncols=True) as steps:
-            train = run_epoch(self.model, train_images, batch_size, self.optimizer, progress=steps)
+            train = run_epoch(self.model, train_images, batch_size, self.optimizer, progress=steps,
+                              should_stop=lambda: self.stop_requested)
+        if train is None:
+            return False
         valid = run_epoch(self.model, valid_images, batch_size)
         lr = self.optimizer.param_groups[0]['lr']
         if self.scheduler is not None:
@@ -89,3 +121,28 @@ class Trainer:
         if self.verbose >= 1:
             epochs.write(f'epoch {epoch}: train {format_losses(train)} | valid {format_losses(valid)}'
                          f'{" (best)" if is_best else ""}')
+        return True
+
+    def state_dict(self):
+        """Everything needed to save the best model and to resume exactly after this epoch."""
+        return {
+            'model': self.best_state,
+            'opt': self.optimizer.state_dict(),
+            'history': self.history,
+            'last': {
+                'model': self.model.state_dict(),
+                'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
+                'rng': rng_states(),
+            },
+        }
+
+    def load_state_dict(self, state):
+        """Restores what state_dict() saved: the next train() call goes on where it stopped."""
+        self.model.load_state_dict(state['last']['model'])
+        self.optimizer.load_state_dict(state['opt'])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state['last']['scheduler'])
+        self.history = list(state['history'])
+        self.best_state = state['model']
+        self.best_loss = min(h['valid_loss'] for h in self.history)
+        set_rng_states(state['last']['rng'])

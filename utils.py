@@ -6,6 +6,7 @@ import random
 import re
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -29,6 +30,12 @@ def run_cli(main, prog):
     except CliError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         sys.exit(2)
+
+
+def first_line(error):
+    """The first line of an exception's message, for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def int_at_least(minimum):
@@ -126,7 +133,9 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise CliError(f'{path}: no such checkpoint file')
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # odd files make torch warn before it fails: one line is enough
+            warnings.simplefilter('ignore')
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # the weights-only unpickler is safe; any failure means a bad file
         if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
             blocked = re.search(r'GLOBAL ([\w.]+)', str(e))

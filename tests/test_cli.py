@@ -47,7 +47,8 @@ def test_train_prints_model_optimizer_and_epochs(trained):
 def test_checkpoint_loads_with_weights_only(trained):
     model_fn, _ = trained
     checkpoint = torch.load(model_fn, weights_only=True)
-    assert set(checkpoint) == {'model', 'opt', 'config', 'history'}
+    assert set(checkpoint) == {'model', 'opt', 'config', 'history', 'last'}
+    assert set(checkpoint['last']) == {'model', 'scheduler', 'rng'}
     assert checkpoint['config']['btl_size'] == 2 and checkpoint['config']['hidden_sizes'] == [64, 32]
     assert [h['epoch'] for h in checkpoint['history']] == [1, 2, 3]
     assert 'state' in checkpoint['opt']
@@ -156,6 +157,7 @@ def test_train_refuses_an_unwritable_model_fn(data_dir, tmp_path, capsys):
     ('truncated', 'not a readable checkpoint'),
     ('other_dict', 'not a checkpoint of this repository'),
     ('bad_weights', 'weights do not match its config'),
+    ('huge_config', 'weights do not match its config'),  # 313 GB if it were built before the check
 ])
 def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
     model_fn, _ = trained
@@ -168,6 +170,10 @@ def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
     elif content == 'bad_weights':
         checkpoint = torch.load(model_fn, weights_only=True)
         checkpoint['config']['btl_size'] = 5
+        torch.save(checkpoint, path)
+    elif content == 'huge_config':
+        checkpoint = torch.load(model_fn, weights_only=True)
+        checkpoint['config']['hidden_sizes'] = [10 ** 8]
         torch.save(checkpoint, path)
     elif content is not None:
         path.write_bytes(content)

@@ -33,7 +33,9 @@ def test_trainer_restores_the_weights_of_the_best_epoch():
     # Valid losses per epoch: 4, 0.25, 49, 1: the second epoch is the best.
     optimizer = ScriptedOptimizer(model.parameters(), [5., 3.5, 10., 4.])
     images = torch.zeros(8, 2, 2, dtype=torch.uint8)
-    history = Trainer(model, optimizer, verbose=0).train(images, images, n_epochs=4, batch_size=8)
+    trainer = Trainer(model, optimizer, verbose=0)
+    assert trainer.train(images, images, n_epochs=4, batch_size=8)
+    history = trainer.history
     assert [h['epoch'] for h in history] == [1, 2, 3, 4]
     assert [h['valid_loss'] for h in history] == [4., .25, 49., 1.]
     assert [h['valid_recon'] for h in history] == [4., .25, 49., 1.]
@@ -60,7 +62,8 @@ def test_training_lowers_the_loss_of_a_real_model():
     model = build_model(config)
     images = (torch.rand(64, 28, 28) * 255).to(torch.uint8)
     trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), verbose=0)
-    history = trainer.train(images, images, n_epochs=5, batch_size=16)
+    assert trainer.train(images, images, n_epochs=5, batch_size=16)
+    history = trainer.history
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert set(history[0]) == {'epoch', 'lr', 'train_loss', 'train_recon', 'train_kl',
                                'valid_loss', 'valid_recon', 'valid_kl'}

@@ -1,0 +1,112 @@
+"""Property-based tests: random valid architectures train a step; random and mutated bytes
+given to the IDX reader and to checkpoint loading fail only with the project's own errors."""
+import gzip
+import os
+import io
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_images
+from data_loader import DataError, read_idx
+from model import build_model, model_from_checkpoint
+from utils import CliError, load_checkpoint
+
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def architectures(draw):
+    config = dict(model=draw(st.sampled_from(['ae', 'vae'])), btl_size=draw(st.integers(1, 40)),
+                  use_dropout=draw(st.booleans()), dropout_p=draw(st.floats(0, .9)),
+                  n_layers=draw(st.integers(1, 6)), kl_weight=draw(st.floats(0, 4)))
+    config['hidden_sizes'] = draw(st.none() | st.lists(st.integers(1, 300), min_size=1, max_size=4))
+    config['loss'] = draw(st.sampled_from(['mse', 'bce'])) if config['model'] == 'ae' else None
+    return config
+
+
+@FUZZ
+@given(config=architectures(), batch_size=st.integers(2, 9))
+def test_any_valid_architecture_builds_and_trains_a_step(config, batch_size):
+    model = build_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(batch_size, 784)
+    loss, parts = model.loss(x)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    assert model.encode(x).shape == (batch_size, config['btl_size'])
+    assert model(x).shape == (batch_size, 784)
+
+
+def valid_idx_bytes():
+    images, _ = make_images(2, seed=0)
+    return bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + images.tobytes()
+
+
+@st.composite
+def mutated(draw, original):
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(['flip', 'cut', 'insert']))
+        position = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == 'flip' and data:
+            data[position] = draw(st.integers(0, 255))
+        elif kind == 'cut':
+            del data[position:position + draw(st.integers(1, 64))]
+        else:
+            data[position:position] = draw(st.binary(min_size=1, max_size=16))
+    return bytes(data)
+
+
+def read_or_data_error(path):
+    try:
+        result = read_idx(str(path))
+    except DataError:
+        return None
+    assert result.dtype == torch.uint8
+    return result
+
+
+@FUZZ
+@given(data=st.binary(max_size=300) | mutated(valid_idx_bytes()))
+def test_idx_reader_on_random_and_mutated_bytes(tmp_path, data):
+    plain = tmp_path / 'x-idx3-ubyte'
+    plain.write_bytes(data)
+    read_or_data_error(plain)
+    compressed = tmp_path / 'x-idx3-ubyte.gz'
+    compressed.write_bytes(gzip.compress(data))
+    read_or_data_error(compressed)
+
+
+@FUZZ
+@given(data=mutated(gzip.compress(valid_idx_bytes())))
+def test_idx_reader_on_mutated_gzip_archives(tmp_path, data):
+    path = tmp_path / 'x-idx3-ubyte.gz'
+    path.write_bytes(data)
+    read_or_data_error(path)
+
+
+def small_checkpoint_bytes():
+    config = dict(model='vae', hidden_sizes=[4], n_layers=1, btl_size=2, use_dropout=False, dropout_p=.3,
+                  loss=None, kl_weight=1.)
+    buffer = io.BytesIO()
+    torch.save({'model': build_model(config).state_dict(), 'config': config, 'history': []}, buffer)
+    return buffer.getvalue()
+
+
+CHECKPOINT = small_checkpoint_bytes()
+
+
+@FUZZ
+@given(data=st.binary(max_size=300) | mutated(CHECKPOINT))
+def test_checkpoint_loading_on_random_and_mutated_bytes(tmp_path, data):
+    path = tmp_path / 'fuzzed.pth'
+    path.write_bytes(data)
+    try:
+        model_from_checkpoint(load_checkpoint(str(path)), str(path))
+    except CliError:
+        pass
