@@ -201,8 +201,8 @@ def saved_so_far(trainer, config):
     if not trainer.history:
         return f'no epoch finished, {config["model_fn"]} was left as it was'
     best = min(trainer.history, key=lambda h: h['valid_loss'])
-    return (f'{config["model_fn"]} holds epochs 1-{len(trainer.history)}, best epoch {best["epoch"]} '
-            f'with valid loss {best["valid_loss"]:.4f}')
+    epochs = 'epoch 1' if len(trainer.history) == 1 else f'epochs 1-{len(trainer.history)}'
+    return f'{config["model_fn"]} holds {epochs}, best epoch {best["epoch"]} with valid loss {best["valid_loss"]:.4f}'
 
 
 if __name__ == '__main__':
