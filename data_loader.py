@@ -4,6 +4,7 @@ The whole data set stays on the chosen device as uint8 (47 MB for 60,000 images,
 float32); each batch is gathered with one index and converted to floats in [0, 1] on the fly.
 """
 import gzip
+import math
 import os
 import zlib
 
@@ -17,6 +18,7 @@ DATASETS = {
     'fashion_mnist': ('FashionMNIST', 'FashionMNIST/raw', ['/usr/share/datasets/fashion-mnist']),
 }
 IDX_DTYPE_UBYTE = 0x08
+READ_CHUNK = 1 << 20
 
 
 class DataError(CliError):
@@ -25,36 +27,60 @@ class DataError(CliError):
 
 def read_idx(path):
     """Reads an IDX file of unsigned bytes (plain or .gz) into a uint8 tensor, checking the
-    header (magic number, dimensions) against the file's length."""
+    header (magic number, dimensions) against the file's length. The pixels are read in
+    chunks straight into the tensor, so reading takes no memory beyond the tensor itself."""
     opener = gzip.open if path.endswith('.gz') else open
     try:
         with opener(path, 'rb') as f:
-            data = f.read()
+            return _read_idx_stream(f, path)
     except (OSError, EOFError, zlib.error) as e:  # what gzip raises for a damaged or cut-off archive
         raise DataError(f'{path}: cannot read ({e})')
-    if len(data) < 4:
-        raise DataError(f'{path}: corrupt IDX file, only {len(data)} bytes')
-    zero, dtype, n_dims = int.from_bytes(data[:2], 'big'), data[2], data[3]
-    if zero != 0 or dtype != IDX_DTYPE_UBYTE or not 1 <= n_dims <= 4:
-        raise DataError(f'{path}: corrupt IDX file, bad magic number 0x{data[:4].hex()} '
+
+
+def _read_idx_stream(f, path):
+    magic = f.read(4)
+    if len(magic) < 4:
+        raise DataError(f'{path}: corrupt IDX file, only {len(magic)} bytes')
+    if magic[:3] != bytes([0, 0, IDX_DTYPE_UBYTE]) or not 1 <= magic[3] <= 4:
+        raise DataError(f'{path}: corrupt IDX file, bad magic number 0x{magic.hex()} '
                         f'(expected 0x0000080N for N unsigned-byte dimensions)')
-    header_size = 4 + 4 * n_dims
-    if len(data) < header_size:
+    dims = f.read(4 * magic[3])
+    if len(dims) < 4 * magic[3]:
         raise DataError(f'{path}: truncated IDX file, header cut off')
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(n_dims)]
-    expected = header_size + _product(shape)
-    if len(data) != expected:
-        problem = 'truncated' if len(data) < expected else 'corrupt'
-        raise DataError(f'{path}: {problem} IDX file, header says shape {tuple(shape)} '
-                        f'= {expected} bytes, file has {len(data)}')
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header_size).view(*shape)
+    shape = [int.from_bytes(dims[i:i + 4], 'big') for i in range(0, len(dims), 4)]
+    n_bytes = math.prod(shape)
+    header_size = 4 + len(dims)
+    # Never allocate more than the file holds, so a corrupt header cannot claim gigabytes: the
+    # length comes from the file's size, or for gzip from its trailer (the size modulo 2**32).
+    expected = header_size + n_bytes
+    if path.endswith('.gz'):
+        length, expected = _gzip_length(path), expected % 2 ** 32
+    else:
+        length = os.path.getsize(path)
+    if length != expected:
+        _raise_wrong_length(path, shape, header_size + n_bytes, length)
+    data = torch.empty(n_bytes, dtype=torch.uint8)
+    buffer, filled = memoryview(data.numpy()), 0
+    while filled < n_bytes:
+        got = f.readinto(buffer[filled:filled + READ_CHUNK])
+        if not got:
+            _raise_wrong_length(path, shape, header_size + n_bytes, header_size + filled)
+        filled += got
+    if f.read(1):
+        raise DataError(f'{path}: corrupt IDX file, bytes after the {tuple(shape)} data its header announces')
+    return data.view(*shape)
 
 
-def _product(values):
-    result = 1
-    for v in values:
-        result *= v
-    return result
+def _gzip_length(path):
+    with open(path, 'rb') as raw:
+        raw.seek(-4, os.SEEK_END)
+        return int.from_bytes(raw.read(4), 'little')
+
+
+def _raise_wrong_length(path, shape, expected, found):
+    problem = 'truncated' if found < expected else 'corrupt'
+    raise DataError(f'{path}: {problem} IDX file, header says shape {tuple(shape)} = {expected} bytes, '
+                    f'file has {found}')
 
 
 def search_folders(dataset, data_dir):
@@ -117,15 +143,15 @@ def select_labels(images, labels, target_labels):
     return images[keep], labels[keep]
 
 
-def split_train_valid(images, labels, train_ratio, seed):
-    """A seeded random split: the same seed gives the same split on every machine."""
+def split_train_valid(n, train_ratio, seed):
+    """Index tensors of a seeded random split of n images: the same seed gives the same split
+    on every machine. Indices rather than copies, so the images are held once."""
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(images), generator=generator)
-    n_train = int(len(images) * train_ratio)
-    if n_train < 1 or n_train == len(images):
-        raise CliError(f'--train_ratio {train_ratio}: leaves an empty split of {len(images)} images')
-    train_idx, valid_idx = order[:n_train], order[n_train:]
-    return (images[train_idx], labels[train_idx]), (images[valid_idx], labels[valid_idx])
+    order = torch.randperm(n, generator=generator)
+    n_train = int(n * train_ratio)
+    if n_train < 1 or n_train == n:
+        raise CliError(f'--train_ratio {train_ratio}: leaves an empty split of {n} images')
+    return order[:n_train], order[n_train:]
 
 
 def to_input(images):

@@ -157,9 +157,9 @@ def main(argv=None):
 
     images, labels = load_dataset(config['dataset'], config['data_dir'], train=True)
     images, labels = select_labels(images, labels, config['target_labels'])
-    (train_images, _), (valid_images, _) = split_train_valid(images, labels, config['train_ratio'], config['seed'])
+    train_indices, valid_indices = split_train_valid(len(images), config['train_ratio'], config['seed'])
     if config['verbose']:
-        print(f'{config["dataset"]}: {len(train_images)} train / {len(valid_images)} valid images')
+        print(f'{config["dataset"]}: {len(train_indices)} train / {len(valid_indices)} valid images')
 
     model = (model_from_checkpoint(checkpoint, config['model_fn']) if checkpoint else build_model(config)).to(device)
     optimizer, scheduler = build_optimizer(model, config)
@@ -182,8 +182,8 @@ def main(argv=None):
 
     try:
         with stop_on_signals(trainer):
-            finished = trainer.train(train_images.to(device), valid_images.to(device), config['n_epochs'],
-                                     config['batch_size'], on_epoch_end=save)
+            finished = trainer.train(images.to(device), train_indices.to(device), valid_indices.to(device),
+                                     config['n_epochs'], config['batch_size'], on_epoch_end=save)
     except NonFiniteLoss as e:
         print(f'train.py: stopped: {e}; {saved_so_far(trainer, config)}', file=sys.stderr)
         sys.exit(1)

@@ -11,15 +11,16 @@ class NonFiniteLoss(Exception):
     """The loss became nan or inf; training cannot go on from these weights."""
 
 
-def run_epoch(model, images, batch_size, optimizer=None, progress=None, should_stop=None):
-    """One pass over images (uint8, on the model's device): trains when an optimizer is
-    given, else evaluates. Returns the mean loss and parts per image as floats, or None when
-    should_stop() turned true before the pass ended."""
+def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=None, should_stop=None):
+    """One pass over images[indices] (uint8, on the model's device; all images when indices is
+    None): trains when an optimizer is given, else evaluates. Returns the mean loss and parts
+    per image as floats, or None when should_stop() turned true before the pass ended."""
     training = optimizer is not None
     model.train(training)
-    n = len(images)
+    if indices is None:
+        indices = torch.arange(len(images), device=images.device)
     # Training draws a fresh permutation each epoch; evaluation keeps the order.
-    order = torch.randperm(n, device=images.device) if training else torch.arange(n, device=images.device)
+    order = indices[torch.randperm(len(indices), device=indices.device)] if training else indices
     totals, seen = {}, 0
     with torch.set_grad_enabled(training):
         for step, idx in enumerate(order.split(batch_size), start=1):
@@ -80,16 +81,17 @@ class Trainer:
         self.best_state = None
         self.stop_requested = False
 
-    def train(self, train_images, valid_images, n_epochs, batch_size, on_epoch_end=None):
-        """Runs the epochs after those already in the history, up to n_epochs. Returns True
-        when all of them ran, False when stop_requested ended training early."""
+    def train(self, images, train_indices, valid_indices, n_epochs, batch_size, on_epoch_end=None):
+        """Trains on images[train_indices] and validates on images[valid_indices], for the
+        epochs after those already in the history, up to n_epochs. Returns True when all of
+        them ran, False when stop_requested ended training early."""
         # The bar is cleared when training ends: the per-epoch lines are the record.
         epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=self.verbose < 1,
                       leave=False, dynamic_ncols=True)
         with epochs:
             for epoch in epochs:
                 try:
-                    finished = self._train_epoch(epoch, train_images, valid_images, batch_size, epochs)
+                    finished = self._train_epoch(epoch, images, train_indices, valid_indices, batch_size, epochs)
                 except NonFiniteLoss as e:
                     raise NonFiniteLoss(f'{e} of epoch {epoch}') from None
                 if not finished:
@@ -99,15 +101,15 @@ class Trainer:
         self.model.load_state_dict(self.best_state)
         return True
 
-    def _train_epoch(self, epoch, train_images, valid_images, batch_size, epochs):
-        n_steps = (len(train_images) + batch_size - 1) // batch_size
+    def _train_epoch(self, epoch, images, train_indices, valid_indices, batch_size, epochs):
+        n_steps = (len(train_indices) + batch_size - 1) // batch_size
         with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=self.verbose < 2,
                   dynamic_ncols=True) as steps:
-            train = run_epoch(self.model, train_images, batch_size, self.optimizer, progress=steps,
+            train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
                               should_stop=lambda: self.stop_requested)
         if train is None:
             return False
-        valid = run_epoch(self.model, valid_images, batch_size)
+        valid = run_epoch(self.model, images, batch_size, valid_indices)
         lr = self.optimizer.param_groups[0]['lr']
         if self.scheduler is not None:
             self.scheduler.step()

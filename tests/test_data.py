@@ -52,8 +52,9 @@ def test_read_idx_truncated_gzip(tmp_path):
     whole = gzip.compress(raw_idx(images))
     path = tmp_path / 'images-idx3-ubyte.gz'
     path.write_bytes(whole[:len(whole) // 2])
-    with pytest.raises(DataError, match='cannot read'):
+    with pytest.raises(DataError, match='truncated|corrupt|cannot read') as error:
         read_idx(str(path))
+    assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize('layout', ['', 'MNIST/raw'])
@@ -86,21 +87,17 @@ def test_images_and_labels_of_different_lengths(tmp_path):
 
 
 def test_split_sizes_disjoint_and_seeded():
-    images = torch.arange(1000).reshape(100, 10)  # row i holds 10 i .. 10 i + 9: identifiable
-    labels = torch.arange(100)
-    (train_x, train_y), (valid_x, valid_y) = split_train_valid(images, labels, .8, seed=3)
-    assert len(train_x) == 80 and len(valid_x) == 20
-    assert set(train_y.tolist()).isdisjoint(valid_y.tolist())
-    assert sorted(train_y.tolist() + valid_y.tolist()) == list(range(100))
-    assert torch.equal(train_x[:, 0] // 10, train_y)  # images stay with their labels
-    (again_x, _), _ = split_train_valid(images, labels, .8, seed=3)
-    (other_x, _), _ = split_train_valid(images, labels, .8, seed=4)
-    assert torch.equal(train_x, again_x) and not torch.equal(train_x, other_x)
+    train_idx, valid_idx = split_train_valid(100, .8, seed=3)
+    assert len(train_idx) == 80 and len(valid_idx) == 20
+    assert sorted(train_idx.tolist() + valid_idx.tolist()) == list(range(100))  # disjoint, complete
+    again, _ = split_train_valid(100, .8, seed=3)
+    other, _ = split_train_valid(100, .8, seed=4)
+    assert torch.equal(train_idx, again) and not torch.equal(train_idx, other)
 
 
 def test_split_refuses_an_empty_side():
     with pytest.raises(CliError, match='empty split'):
-        split_train_valid(torch.zeros(3, 2), torch.zeros(3), .1, seed=0)
+        split_train_valid(3, .1, seed=0)
 
 
 def test_select_labels():

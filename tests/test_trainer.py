@@ -34,7 +34,7 @@ def test_trainer_restores_the_weights_of_the_best_epoch():
     optimizer = ScriptedOptimizer(model.parameters(), [5., 3.5, 10., 4.])
     images = torch.zeros(8, 2, 2, dtype=torch.uint8)
     trainer = Trainer(model, optimizer, verbose=0)
-    assert trainer.train(images, images, n_epochs=4, batch_size=8)
+    assert trainer.train(images, torch.arange(8), torch.arange(8), n_epochs=4, batch_size=8)
     history = trainer.history
     assert [h['epoch'] for h in history] == [1, 2, 3, 4]
     assert [h['valid_loss'] for h in history] == [4., .25, 49., 1.]
@@ -52,6 +52,7 @@ def test_run_epoch_averages_per_image_over_uneven_batches():
     images = torch.tensor([0, 0, 0, 0, 255], dtype=torch.uint8).reshape(5, 1, 1)
     losses = run_epoch(MeanPixel(), images, batch_size=2)
     assert abs(losses['loss'] - .2) < 1e-6
+    assert run_epoch(MeanPixel(), images, batch_size=2, indices=torch.tensor([4, 0]))['loss'] == .5
 
 
 def test_training_lowers_the_loss_of_a_real_model():
@@ -62,7 +63,7 @@ def test_training_lowers_the_loss_of_a_real_model():
     model = build_model(config)
     images = (torch.rand(64, 28, 28) * 255).to(torch.uint8)
     trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), verbose=0)
-    assert trainer.train(images, images, n_epochs=5, batch_size=16)
+    assert trainer.train(images, torch.arange(48), torch.arange(48, 64), n_epochs=5, batch_size=16)
     history = trainer.history
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert set(history[0]) == {'epoch', 'lr', 'train_loss', 'train_recon', 'train_kl',
