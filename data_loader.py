@@ -17,6 +17,11 @@ DATASETS = {
     'mnist': ('MNIST', 'MNIST/raw', []),
     'fashion_mnist': ('FashionMNIST', 'FashionMNIST/raw', ['/usr/share/datasets/fashion-mnist']),
 }
+CLASS_NAMES = {
+    'mnist': [str(digit) for digit in range(10)],
+    'fashion_mnist': ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                      'Ankle boot'],
+}
 IDX_DTYPE_UBYTE = 0x08
 READ_CHUNK = 1 << 20
 

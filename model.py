@@ -9,6 +9,7 @@ Trainer and predict.py use:
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributions import Normal
 
 from utils import CliError, first_line, hidden_size_schedule
 
@@ -44,7 +45,19 @@ def mirrored_mlps(input_size, hidden_sizes, btl_size, use_batch_norm, dropout_p,
     return encoder, decoder
 
 
-class AutoEncoder(nn.Module):
+class Codec(nn.Module):
+    """What every model shares: the reconstruction, and the batch loss as the mean of the
+    per-image losses that each model defines in image_losses()."""
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+    def loss(self, x):
+        loss, parts = self.image_losses(x)
+        return loss.mean(), {name: value.mean() for name, value in parts.items()}
+
+
+class AutoEncoder(Codec):
     """A deterministic autoencoder. With loss='bce' the decoder outputs logits of a Bernoulli
     per pixel and decode() applies the sigmoid; with loss='mse' it outputs pixels directly."""
     has_prior = False  # no distribution over codes to sample from
@@ -64,22 +77,20 @@ class AutoEncoder(nn.Module):
         out = self.decoder(z)
         return torch.sigmoid(out) if self.loss_type == 'bce' else out
 
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
-    def loss(self, x):
+    def image_losses(self, x):
+        """The reconstruction error of each image, summed over its pixels."""
         out = self.decoder(self.encode(x))
-        # Summed over pixels, averaged over the batch: the error per image.
         if self.loss_type == 'bce':
-            recon = F.binary_cross_entropy_with_logits(out, x, reduction='sum') / len(x)
+            recon = F.binary_cross_entropy_with_logits(out, x, reduction='none').sum(1)
         else:
-            recon = F.mse_loss(out, x, reduction='sum') / len(x)
+            recon = (out - x).pow(2).sum(1)
+        # |recon| = (batch_size,)
         return recon, {'recon': recon}
 
 
-class VAE(nn.Module):
+class VAE(Codec):
     """A variational autoencoder with a diagonal Gaussian posterior q(z|x), a N(0, I) prior and
-    a Bernoulli decoder. loss() is the negative ELBO in nats per image; in eval mode z = mu."""
+    a Bernoulli decoder. The loss is the negative ELBO in nats per image; in eval mode z = mu."""
     has_prior = True
 
     def __init__(self, input_size, hidden_sizes, btl_size, use_batch_norm=True, dropout_p=.3, kl_weight=1.):
@@ -108,22 +119,29 @@ class VAE(nn.Module):
     def decode(self, z):
         return torch.sigmoid(self.decoder(z))
 
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
-    def loss(self, x):
+    def image_losses(self, x):
         mu, logvar = self.posterior(x)
         logits = self.decoder(self.sample_z(mu, logvar))
-        # Both terms are summed over their dimensions (784 pixels, btl_size latents) and then
-        # averaged over the batch; a per-pixel mean beside a summed KL would weigh the KL
-        # 784 times too much and collapse the posterior.
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction='sum') / len(x)
-        kl = gaussian_kl(mu, logvar).sum() / len(x)
+        # Both terms are summed over their dimensions (784 pixels, btl_size latents) before
+        # the batch mean; a per-pixel mean beside a summed KL would weigh the KL 784 times
+        # too much and collapse the posterior.
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction='none').sum(1)
+        kl = gaussian_kl(mu, logvar).sum(1)
         return recon + self.kl_weight * kl, {'recon': recon, 'kl': kl}
 
-    def sample(self, n):
-        device = next(self.parameters()).device
-        return self.decode(torch.randn(n, self.btl_size, device=device))
+    def log_importance_weights(self, x, n_samples):
+        """log p(x, z_k) - log q(z_k | x) for n_samples draws z_k ~ q(z|x), shape
+        (n_samples, batch_size): their mean estimates the ELBO, their log-mean-exp the
+        importance-weighted bound on log p(x) (Burda et al., 2016)."""
+        mu, logvar = self.posterior(x)
+        std = torch.exp(.5 * logvar)
+        z = mu + std * torch.randn(n_samples, *mu.shape, device=mu.device)
+        # |z| = (n_samples, batch_size, btl_size)
+        logits = self.decoder(z.flatten(0, 1)).view(n_samples, len(x), -1)
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction='none').sum(-1)
+        log_pz = Normal(0., 1.).log_prob(z).sum(-1)
+        log_qz_x = Normal(mu, std).log_prob(z).sum(-1)
+        return log_px_z + log_pz - log_qz_x
 
 
 def gaussian_kl(mu, logvar):

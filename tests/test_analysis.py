@@ -1,0 +1,103 @@
+"""The numbers of predict.py on cases with known answers."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import analysis
+from model import VAE
+
+
+def brute_force_auc(scores, positive):
+    pairs = [(p, n) for p, n in itertools.product(scores[positive], scores[~positive])]
+    return sum(1. if p > n else .5 if p == n else 0. for p, n in pairs) / len(pairs)
+
+
+def test_roc_auc_known_answers():
+    positive = torch.tensor([False, False, True, True])
+    assert analysis.roc_auc(torch.tensor([.1, .2, .8, .9]), positive) == 1.
+    assert analysis.roc_auc(torch.tensor([.9, .8, .2, .1]), positive) == 0.
+    assert analysis.roc_auc(torch.ones(4), positive) == .5
+    assert analysis.roc_auc(torch.tensor([.1, .4, .35, .8]), positive) == .75
+
+
+def test_roc_auc_matches_pair_counting_with_ties():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 6, (40,)).float()  # many ties
+    positive = torch.rand(40) < .3
+    assert analysis.roc_auc(scores, positive) == pytest.approx(brute_force_auc(scores, positive))
+    with pytest.raises(ValueError):
+        analysis.roc_auc(scores, torch.zeros(40, dtype=torch.bool))
+
+
+def test_knn_predict_majority_of_nearest():
+    train = torch.tensor([[0.], [.1], [.2], [5.], [5.1], [5.2], [.3]])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 0])
+    assert analysis.knn_predict(train, labels, torch.tensor([[.05], [5.05]]), k=3).tolist() == [0, 2]
+
+
+def test_pca_matches_svd_and_reconstructs_exactly_with_all_components():
+    torch.manual_seed(0)
+    x = torch.randn(200, 6) @ torch.randn(6, 6)
+    pca = analysis.PCA(x, 2)
+    centered = (x - x.mean(0)).double()
+    top = torch.linalg.svd(centered, full_matrices=False).Vh[:2]
+    assert torch.allclose((pca.components * top).sum(1).abs(), torch.ones(2, dtype=torch.float64), atol=1e-8)
+    full = analysis.PCA(x, 6)
+    assert torch.allclose(full.decode(full.encode(x)), x, atol=1e-4)
+
+
+def test_reconstruction_errors_per_image():
+    x = torch.tensor([[0., 1.], [1., 1.]])
+    x_hat = torch.tensor([[.5, 1.], [1., .5]])
+    sse, bce = analysis.reconstruction_errors(x_hat, x)
+    assert torch.allclose(sse, torch.tensor([.25, .25]))
+    assert torch.allclose(bce, torch.tensor([math.log(2), math.log(2)]), atol=1e-4)
+
+
+def test_active_units_counts_dimensions_that_vary():
+    mu = torch.zeros(100, 4)
+    mu[:, 0] = torch.linspace(-1, 1, 100)
+    mu[:, 2] = torch.linspace(-.5, .5, 100)
+    mu[:, 3] = torch.linspace(-.01, .01, 100)  # varies, but below the threshold
+    assert analysis.active_units(mu) == 2
+
+
+def tiny_vae():
+    torch.manual_seed(0)
+    return VAE(input_size=6, hidden_sizes=[5], btl_size=2).eval()
+
+
+def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z():
+    model = tiny_vae()
+    with torch.no_grad():
+        head, out = model.encoder[-1], model.decoder[-1]
+        head.weight.zero_(), head.bias.zero_()  # q(z|x) = N(0, I) = p(z)
+        out.weight.zero_()  # logits = bias whatever z: p(x) = p(x|z)
+        out.bias.copy_(torch.linspace(-2, 2, 6))
+    images = torch.randint(0, 256, (4, 6), dtype=torch.uint8)
+    neg_elbo, neg_iwae = analysis.variational_bounds(model, images, n_samples=7)
+    x = images.float() / 255
+    expected = F.binary_cross_entropy_with_logits(out.bias.expand(4, 6), x, reduction='none').sum(1)
+    assert torch.allclose(neg_iwae, expected, atol=1e-4)
+    assert torch.allclose(neg_elbo, expected, atol=1e-4)
+
+
+def test_iwae_bound_is_at_least_the_elbo():
+    model = tiny_vae()
+    images = torch.randint(0, 256, (20, 6), dtype=torch.uint8)
+    neg_elbo, neg_iwae = analysis.variational_bounds(model, images, n_samples=50)
+    assert (neg_iwae <= neg_elbo + 1e-5).all()  # log p(x) >= IWAE bound >= ELBO
+    torch.manual_seed(1)
+    neg_elbo_1, neg_iwae_1 = analysis.variational_bounds(model, images, n_samples=1)
+    assert torch.allclose(neg_elbo_1, neg_iwae_1)  # one sample: the two coincide
+
+
+def test_fit_gaussian_recovers_mean_and_covariance():
+    torch.manual_seed(0)
+    codes = torch.randn(20000, 2) @ torch.tensor([[2., 0.], [1., .5]]) + torch.tensor([3., -1.])
+    gaussian = analysis.fit_gaussian(codes)
+    assert torch.allclose(gaussian.mean, torch.tensor([3., -1.]), atol=.05)
+    assert torch.allclose(gaussian.covariance_matrix, torch.tensor([[5., .5], [.5, .25]]), atol=.1)  # A^T A

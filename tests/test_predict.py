@@ -1,0 +1,85 @@
+"""Every --what of predict.py on a tiny generated data set."""
+import json
+import os
+
+import pytest
+from PIL import Image
+
+import predict
+import train
+from test_cli import TINY, expect_usage_error
+from utils import run_cli
+
+FIGURES = {'recon': ['reconstructions.png'], 'latent': ['latent.png'], 'boundary': ['boundary.png'],
+           'manifold': ['manifold.png'], 'samples': ['samples.png'], 'interp': ['interp.png'],
+           'anomaly': ['anomaly_hist.png', 'anomalies.png'], 'metrics': [], 'curves': ['curves.png']}
+METRICS = {'dataset', 'n_test', 'test_loss', 'test_recon', 'sse_per_image', 'bce_per_image', 'knn_accuracy',
+           'pca_components', 'pca_sse_per_image', 'pca_bce_per_image', 'pca_knn_accuracy'}
+VAE_METRICS = {'test_kl', 'neg_elbo', 'kl', 'active_units', 'iwae_samples', 'iwae_nll'}
+
+
+@pytest.fixture(scope='module')
+def models(data_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('models')
+    paths = {}
+    for name, flags in {'vae2': ['--model', 'vae', '--btl_size', '2', '--target_labels', '0', '1', '2', '3'],
+                        'ae3': ['--model', 'ae', '--btl_size', '3']}.items():
+        paths[name] = str(folder / f'{name}.pth')
+        run_cli(lambda: train.main(['--model_fn', paths[name], '--data_dir', data_dir, '--verbose', '0',
+                                    *TINY, *flags]), 'train.py')
+    return paths
+
+
+def run_predict(model_fn, out_dir, *flags):
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
+                                  '--iw_samples', '5', *flags]), 'predict.py')
+    with open(os.path.join(out_dir, 'metrics.json')) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize('what', predict.WHAT)
+def test_each_what_writes_valid_figures(models, what, tmp_path, capsys):
+    metrics = run_predict(models['vae2'], tmp_path, '--what', what)
+    assert sorted(os.listdir(tmp_path)) == sorted(FIGURES[what] + ['metrics.json'])
+    for name in FIGURES[what]:
+        with Image.open(tmp_path / name) as image:
+            image.verify()
+            assert image.format == 'PNG' and min(image.size) > 100
+    out = capsys.readouterr().out
+    assert f'wrote {tmp_path / "metrics.json"}' in out
+    if what == 'metrics':
+        assert METRICS | VAE_METRICS <= metrics.keys()
+        assert metrics['iwae_samples'] == 5 and metrics['pca_components'] == 2
+        assert metrics['iwae_nll'] <= metrics['neg_elbo']
+        assert 0 <= metrics['knn_accuracy'] <= 1 and 0 <= metrics['active_units'] <= 2
+        assert 'PCA-2' in out and 'IWAE' in out
+    if what == 'anomaly':
+        assert 0 <= metrics['anomaly_roc_auc'] <= 1
+        assert 'anomaly ROC AUC (classes 0 1 2 3 normal)' in out
+
+
+def test_metrics_cover_the_trained_classes_and_anomaly_all(models, tmp_path):
+    metrics = run_predict(models['vae2'], tmp_path, '--what', 'metrics', 'anomaly')
+    assert metrics['n_test'] == 40  # 4 of the 10 classes of the 100 test images
+    assert 'anomaly_roc_auc' in metrics
+
+
+def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path):
+    metrics = run_predict(models['ae3'], tmp_path)
+    written = set(os.listdir(tmp_path))
+    assert 'boundary.png' not in written and 'manifold.png' not in written
+    assert {'latent.png', 'samples.png', 'interp.png', 'curves.png'} <= written
+    assert METRICS <= metrics.keys() and not VAE_METRICS & metrics.keys()
+    assert 'anomaly_roc_auc' not in metrics  # trained on every class: nothing is an anomaly
+    assert metrics['pca_components'] == 3
+
+
+@pytest.mark.parametrize('flags, match', [
+    (['--what', 'boundary'], '--what boundary needs a 2-d code; this model\'s code has 3 dimensions'),
+    (['--what', 'interp', '--interp', '0', '100'], '--interp 100: test images are numbered 0 to 99'),
+    (['--what', 'interp', '--interp_classes', '1', '12'], '--interp_classes 12: no test image of that class'),
+    (['--what', 'pictures'], "invalid choice: 'pictures'"),
+])
+def test_predict_bad_flags(models, flags, match, tmp_path, capsys):
+    expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path),
+                                                    *flags], capsys, match)
