@@ -5,6 +5,7 @@ Trainer and predict.py use:
     decode(z) -> x_hat      images in pixel space
     forward(x) -> x_hat     the reconstruction, decode(encode(x))
     loss(x) -> (loss, parts)  a scalar to minimise, per image, and a dict of its named terms
+    set_epoch(epoch)        told by the Trainer before each epoch (the VAE's KL warm-up uses it)
 """
 import torch
 import torch.nn as nn
@@ -14,17 +15,25 @@ from torch.distributions import Normal
 from utils import CliError, first_line, hidden_size_schedule
 
 INPUT_SIZE = 28 * 28
+IMAGE_SHAPE = (28, 28)
+CONV_CHANNELS = [32, 64]  # --arch conv without --hidden_sizes: 28 -> 14 -> 7
+LSTM_HIDDEN_SIZE = 128
+ACTIVATIONS = {'relu': nn.ReLU, 'leaky_relu': nn.LeakyReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh,
+               'sigmoid': nn.Sigmoid, 'none': nn.Identity}
 
 
 class Block(nn.Module):
-    """Linear -> ReLU -> BatchNorm1d, or Dropout when batch norm is off."""
+    """Linear -> ReLU -> BatchNorm1d, or Dropout when batch norm is off. Another activation,
+    or another layer in place of the Linear (a tied Linear, a convolution), can be given."""
 
-    def __init__(self, input_size, output_size, use_batch_norm=True, dropout_p=.3):
+    def __init__(self, input_size, output_size, use_batch_norm=True, dropout_p=.3, activation='relu', layer=None):
         super().__init__()
+        layer = layer or nn.Linear(input_size, output_size)
+        batch_norm = nn.BatchNorm2d if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) else nn.BatchNorm1d
         self.block = nn.Sequential(
-            nn.Linear(input_size, output_size),
-            nn.ReLU(),
-            nn.BatchNorm1d(output_size) if use_batch_norm else nn.Dropout(dropout_p),
+            layer,
+            ACTIVATIONS[activation](),
+            batch_norm(output_size) if use_batch_norm else nn.Dropout(dropout_p),
         )
 
     def forward(self, x):
@@ -33,21 +42,119 @@ class Block(nn.Module):
         # |y| = (batch_size, output_size)
 
 
-def mirrored_mlps(input_size, hidden_sizes, btl_size, use_batch_norm, dropout_p, encoder_out_size):
-    """An encoder input -> h1 -> ... -> hk -> encoder_out_size and the exact mirror
-    decoder btl_size -> hk -> ... -> h1 -> input_size, both ending in a plain Linear."""
-    def stack(sizes, out_size):
-        blocks = [Block(a, b, use_batch_norm, dropout_p) for a, b in zip(sizes[:-1], sizes[1:])]
-        return nn.Sequential(*blocks, nn.Linear(sizes[-1], out_size))
+class TiedLinear(nn.Module):
+    """A Linear whose weight is the transpose of another Linear's (its mirror in the
+    encoder), with a bias of its own. Of a VAE's head it takes the mu rows."""
 
-    encoder = stack([input_size] + hidden_sizes, encoder_out_size)
-    decoder = stack([btl_size] + hidden_sizes[::-1], input_size)
+    def __init__(self, mirror, in_features):
+        super().__init__()
+        self.mirror = (mirror,)  # a tuple, so that the encoder's weight is not registered twice
+        self.in_features, self.out_features = in_features, mirror.in_features
+        self.bias = nn.Parameter(torch.zeros(self.out_features))
+
+    def forward(self, x):
+        return F.linear(x, self.mirror[0].weight[:self.in_features].t(), self.bias)
+
+
+def mirrored_mlps(input_size, hidden_sizes, btl_size, encoder_out_size, tied=False, **block):
+    """An encoder input -> h1 -> ... -> hk -> encoder_out_size and the exact mirror
+    decoder btl_size -> hk -> ... -> h1 -> input_size, both ending in a plain Linear.
+    With tied, each decoder Linear uses the transposed weight of its mirror."""
+    sizes = [input_size] + hidden_sizes
+    encoder = nn.Sequential(*[Block(a, b, **block) for a, b in zip(sizes[:-1], sizes[1:])],
+                            nn.Linear(sizes[-1], encoder_out_size))
+    encoder_linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+    sizes = [btl_size] + hidden_sizes[::-1] + [input_size]
+    layers = [TiedLinear(mirror, a) if tied else nn.Linear(a, b)
+              for mirror, a, b in zip(encoder_linears[::-1], sizes[:-1], sizes[1:])]
+    decoder = nn.Sequential(*[Block(a, b, layer=layer, **block)
+                              for layer, a, b in zip(layers[:-1], sizes[:-2], sizes[1:-1])], layers[-1])
     return encoder, decoder
 
 
+def mirrored_convs(channels, btl_size, encoder_out_size, **block):
+    """Conv2d blocks (3 x 3, stride 2) from 1 x 28 x 28 through the given channels, then a
+    Linear to encoder_out_size; the decoder mirrors it with a Linear and ConvTranspose2d
+    blocks back to 1 x 28 x 28."""
+    sides = [IMAGE_SHAPE[0]]
+    for _ in channels:
+        sides.append((sides[-1] + 1) // 2)  # 28 -> 14 -> 7 -> 4 ...
+    ins, flat = [1] + channels[:-1], channels[-1] * sides[-1] ** 2
+    encoder = nn.Sequential(
+        nn.Unflatten(1, (1, *IMAGE_SHAPE)),
+        *[Block(a, b, layer=nn.Conv2d(a, b, 3, stride=2, padding=1), **block) for a, b in zip(ins, channels)],
+        nn.Flatten(),
+        nn.Linear(flat, encoder_out_size))
+
+    def up(a, b, side_in, side_out):  # output_padding makes each layer land on its mirror's size
+        return nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=side_out - (2 * side_in - 1))
+
+    ups = [up(b, a, sides[i + 1], sides[i]) for i, (a, b) in reversed(list(enumerate(zip(ins, channels))))]
+    decoder = nn.Sequential(
+        Block(btl_size, flat, **block),
+        nn.Unflatten(1, (channels[-1], sides[-1], sides[-1])),
+        *[Block(layer.in_channels, layer.out_channels, layer=layer, **block) for layer in ups[:-1]],
+        ups[-1],
+        nn.Flatten())
+    return encoder, decoder
+
+
+class RowLSTMEncoder(nn.Module):
+    """Reads an image as a sequence of 28 rows of 28 pixels; the last hidden state, through a
+    Linear, is the code."""
+
+    def __init__(self, hidden_size, out_size):
+        super().__init__()
+        self.lstm = nn.LSTM(IMAGE_SHAPE[1], hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, out_size)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(x.view(len(x), *IMAGE_SHAPE))
+        # |h| = (1, batch_size, hidden_size)
+        return self.head(h[-1])
+
+
+class RowLSTMDecoder(nn.Module):
+    """Repeats the code at each of the 28 steps; an LSTM and a per-step Linear write the rows."""
+
+    def __init__(self, btl_size, hidden_size):
+        super().__init__()
+        self.lstm = nn.LSTM(btl_size, hidden_size, batch_first=True)
+        self.row = nn.Linear(hidden_size, IMAGE_SHAPE[1])
+
+    def forward(self, z):
+        y, _ = self.lstm(z[:, None].expand(-1, IMAGE_SHAPE[0], -1))
+        # |y| = (batch_size, 28, hidden_size)
+        return self.row(y).flatten(1)
+
+
 class Codec(nn.Module):
-    """What every model shares: the reconstruction, and the batch loss as the mean of the
+    """What every model shares: an encoder and a decoder network (of any --arch), input
+    corruption for denoising, the reconstruction, and the batch loss as the mean of the
     per-image losses that each model defines in image_losses()."""
+
+    def __init__(self, encoder, decoder, btl_size, noise=None, noise_level=0.):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.btl_size, self.noise, self.noise_level = btl_size, noise, noise_level
+
+    def corrupt(self, x):
+        """A noisy copy of x for a denoising autoencoder (x itself when there is no noise)."""
+        if self.noise == 'gaussian':
+            return (x + self.noise_level * torch.randn_like(x)).clamp(0, 1)
+        if self.noise == 'masking':  # a share noise_level of the pixels set to 0
+            return x * (torch.rand_like(x) >= self.noise_level)
+        if self.noise == 'salt_pepper':  # a share noise_level of the pixels set to 0 or 1
+            hit = torch.rand_like(x) < self.noise_level
+            return torch.where(hit, (torch.rand_like(x) < .5).to(x.dtype), x)
+        return x
+
+    def training_input(self, x):
+        """Training corrupts the input afresh each batch; evaluation sees it clean."""
+        return self.corrupt(x) if self.training else x
+
+    def set_epoch(self, epoch):
+        """Called by the Trainer before each epoch, for schedules that depend on it."""
 
     def forward(self, x):
         return self.decode(self.encode(x))
@@ -59,49 +166,62 @@ class Codec(nn.Module):
 
 class AutoEncoder(Codec):
     """A deterministic autoencoder. With loss='bce' the decoder outputs logits of a Bernoulli
-    per pixel and decode() applies the sigmoid; with loss='mse' it outputs pixels directly."""
+    per pixel and decode() applies the sigmoid; with loss='mse' it outputs pixels directly.
+    l1 and sparsity add penalties on the code; with sparsity the code passes through a
+    sigmoid, so that the mean activation of a code unit is a probability."""
     has_prior = False  # no distribution over codes to sample from
 
-    def __init__(self, input_size, hidden_sizes, btl_size, use_batch_norm=True, dropout_p=.3, loss='mse'):
-        super().__init__()
-        self.loss_type = loss
-        self.encoder, self.decoder = mirrored_mlps(input_size, hidden_sizes, btl_size,
-                                                   use_batch_norm, dropout_p, encoder_out_size=btl_size)
+    def __init__(self, encoder, decoder, btl_size, loss='mse', l1=0., sparsity=None, sparsity_weight=1., **codec):
+        super().__init__(encoder, decoder, btl_size, **codec)
+        self.loss_type, self.l1, self.sparsity, self.sparsity_weight = loss, l1, sparsity, sparsity_weight
 
     def encode(self, x):
         # |x| = (batch_size, input_size)
-        return self.encoder(x)
+        z = self.encoder(x)
         # |z| = (batch_size, btl_size)
+        return torch.sigmoid(z) if self.sparsity else z
 
     def decode(self, z):
         out = self.decoder(z)
         return torch.sigmoid(out) if self.loss_type == 'bce' else out
 
     def image_losses(self, x):
-        """The reconstruction error of each image, summed over its pixels."""
-        out = self.decoder(self.encode(x))
+        """The reconstruction error of each image, summed over its pixels, and the penalties."""
+        z = self.encode(self.training_input(x))
+        out = self.decoder(z)
         if self.loss_type == 'bce':
             recon = F.binary_cross_entropy_with_logits(out, x, reduction='none').sum(1)
         else:
             recon = (out - x).pow(2).sum(1)
         # |recon| = (batch_size,)
-        return recon, {'recon': recon}
+        parts = {'recon': recon}
+        if self.l1:
+            parts['l1'] = self.l1 * z.abs().sum(1)
+        if self.sparsity:
+            # KL(rho || mean activation of each code unit over the batch), the same for every image
+            rho, rho_hat = self.sparsity, z.mean(0).clamp(1e-6, 1 - 1e-6)
+            kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+            parts['sparsity'] = self.sparsity_weight * kl.sum().expand(len(x))
+        return sum(parts.values()), parts
 
 
 class VAE(Codec):
     """A variational autoencoder with a diagonal Gaussian posterior q(z|x), a N(0, I) prior and
-    a Bernoulli decoder. The loss is the negative ELBO in nats per image; in eval mode z = mu."""
+    a Bernoulli decoder. The loss is the negative ELBO in nats per image, its KL term weighed
+    by kl_weight (beta), which rises linearly from 0 over the first kl_anneal epochs of
+    training; validation always weighs it fully, so that epochs compare. In eval z = mu."""
     has_prior = True
 
-    def __init__(self, input_size, hidden_sizes, btl_size, use_batch_norm=True, dropout_p=.3, kl_weight=1.):
-        super().__init__()
-        self.btl_size = btl_size
-        self.kl_weight = kl_weight
-        # One head of 2 * btl_size outputs holds both mu and logvar.
-        self.encoder, self.decoder = mirrored_mlps(input_size, hidden_sizes, btl_size,
-                                                   use_batch_norm, dropout_p, encoder_out_size=2 * btl_size)
+    def __init__(self, encoder, decoder, btl_size, kl_weight=1., kl_anneal=0, **codec):
+        super().__init__(encoder, decoder, btl_size, **codec)
+        self.kl_weight, self.kl_anneal = kl_weight, kl_anneal
+        self.kl_ramp = 1.
+
+    def set_epoch(self, epoch):
+        self.kl_ramp = min(1., (epoch - 1) / self.kl_anneal) if self.kl_anneal else 1.
 
     def posterior(self, x):
+        # One head of 2 * btl_size outputs holds both mu and logvar.
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         # |mu| = |logvar| = (batch_size, btl_size)
         return mu, logvar
@@ -120,14 +240,15 @@ class VAE(Codec):
         return torch.sigmoid(self.decoder(z))
 
     def image_losses(self, x):
-        mu, logvar = self.posterior(x)
+        mu, logvar = self.posterior(self.training_input(x))
         logits = self.decoder(self.sample_z(mu, logvar))
         # Both terms are summed over their dimensions (784 pixels, btl_size latents) before
         # the batch mean; a per-pixel mean beside a summed KL would weigh the KL 784 times
         # too much and collapse the posterior.
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction='none').sum(1)
         kl = gaussian_kl(mu, logvar).sum(1)
-        return recon + self.kl_weight * kl, {'recon': recon, 'kl': kl}
+        beta = self.kl_weight * (self.kl_ramp if self.training else 1.)
+        return recon + beta * kl, {'recon': recon, 'kl': kl}
 
     def log_importance_weights(self, x, n_samples):
         """log p(x, z_k) - log q(z_k | x) for n_samples draws z_k ~ q(z|x), shape
@@ -149,15 +270,33 @@ def gaussian_kl(mu, logvar):
     return .5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
 
 
+# Flags added after the first checkpoints were written, with the values those were made with.
+DEFAULTS = dict(arch='mlp', activation='relu', tied=False, noise=None, noise_level=0., l1=0., sparsity=None,
+                sparsity_weight=1., kl_anneal=0)
+
+
 def build_model(config, input_size=INPUT_SIZE):
     """Builds the model that a config (the flags of train.py, as a dict) describes."""
-    hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, config['btl_size'],
-                                                                  config['n_layers'])
-    common = dict(input_size=input_size, hidden_sizes=list(hidden_sizes), btl_size=config['btl_size'],
-                  use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'])
-    if config['model'] == 'vae':
-        return VAE(**common, kl_weight=config['kl_weight'])
-    return AutoEncoder(**common, loss=config['loss'])
+    config = {**DEFAULTS, **config}
+    btl_size, variational = config['btl_size'], config['model'] == 'vae'
+    encoder_out_size = 2 * btl_size if variational else btl_size
+    block = dict(use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'],
+                 activation=config['activation'])
+    if config['arch'] == 'conv':
+        encoder, decoder = mirrored_convs(list(config['hidden_sizes'] or CONV_CHANNELS), btl_size, encoder_out_size,
+                                          **block)
+    elif config['arch'] == 'lstm':
+        hidden_size = (config['hidden_sizes'] or [LSTM_HIDDEN_SIZE])[0]
+        encoder, decoder = RowLSTMEncoder(hidden_size, encoder_out_size), RowLSTMDecoder(btl_size, hidden_size)
+    else:
+        hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, btl_size, config['n_layers'])
+        encoder, decoder = mirrored_mlps(input_size, list(hidden_sizes), btl_size, encoder_out_size,
+                                         tied=config['tied'], **block)
+    codec = dict(noise=config['noise'], noise_level=config['noise_level'])
+    if variational:
+        return VAE(encoder, decoder, btl_size, kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'], **codec)
+    return AutoEncoder(encoder, decoder, btl_size, loss=config['loss'], l1=config['l1'],
+                       sparsity=config['sparsity'], sparsity_weight=config['sparsity_weight'], **codec)
 
 
 def model_from_checkpoint(checkpoint, path):

@@ -22,6 +22,7 @@ from utils import (ArgumentParser, CliError, check_writable, default_gpu_id, get
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves']
 NEEDS_2D_CODE = {'boundary', 'manifold'}
 KNN_K = 5
+NEAR_ZERO = .01  # a code activation this close to 0 counts as off, for sparse codes
 
 
 def define_argparser():
@@ -29,7 +30,7 @@ def define_argparser():
     p.add_argument('--model_fn', required=True, help='checkpoint written by train.py')
     p.add_argument('--what', nargs='+', choices=WHAT, default=None,
                    help='what to make (default: all that apply; boundary and manifold need a 2-d code): '
-                        'recon: test images and reconstructions; latent: test codes by class; boundary: kNN '
+                        'recon: test images and reconstructions (denoising models: noisy, denoised, clean too); latent: test codes by class; boundary: kNN '
                         'decision regions in the code plane; manifold: images decoded from a grid over the code '
                         'plane; samples: generated images; interp: images between two codes; anomaly: per-image '
                         'scores, the most anomalous images and ROC AUC; metrics: metrics.json and a table beside '
@@ -125,9 +126,15 @@ class Report:
     def recon(self):
         x = to_input(self.images[:self.args.n_images])
         with torch.no_grad():
-            x_hat = self.model(x)
-        return [save_image_rows([('original', x), ('reconstruction', x_hat)], self.path('reconstructions.png'),
-                                f'{self.dataset} test images and their reconstructions')]
+            written = [save_image_rows([('original', x), ('reconstruction', self.model(x))],
+                                       self.path('reconstructions.png'),
+                                       f'{self.dataset} test images and their reconstructions')]
+            if self.config.get('noise'):
+                noisy = self.model.corrupt(x)
+                written.append(save_image_rows([('noisy', noisy), ('denoised', self.model(noisy)), ('clean', x)],
+                                               self.path('denoising.png'),
+                                               f'{self.config["noise"]} noise, level {self.config["noise_level"]}'))
+        return written
 
     def latent(self):
         codes, title = self.test_codes, 'test codes'
@@ -271,7 +278,10 @@ class Report:
             'pca_sse_per_image': pca['sse'].mean().item(),
             'pca_bce_per_image': pca['bce'].mean().item(),
             'pca_knn_accuracy': (pca_knn == test_labels).float().mean().item(),
+            'code_near_zero': (self.test_codes.abs() < NEAR_ZERO).float().mean().item(),
         })
+        if self.config.get('noise'):
+            m['noisy_sse_per_image'] = self.noisy_sse().mean().item()
         if self.model.has_prior:
             neg_elbo, neg_iwae = analysis.variational_bounds(self.model, self.images, self.args.iw_samples)
             m.update({'neg_elbo': neg_elbo.mean().item(), 'kl': scores['kl'].mean().item(),
@@ -279,6 +289,16 @@ class Report:
                       'iwae_samples': self.args.iw_samples, 'iwae_nll': neg_iwae.mean().item()})
         print_metrics(m)
         return [self.path('metrics.json')]  # written by main() with whatever else was measured
+
+    @torch.no_grad()
+    def noisy_sse(self):
+        """Per test image: the squared error of the reconstruction of a corrupted copy,
+        against the clean image."""
+        errors = []
+        for batch in self.images.split(self.args.batch_size):
+            x = to_input(batch)
+            errors.append(analysis.reconstruction_errors(self.model(self.model.corrupt(x)), x)[0])
+        return torch.cat(errors)
 
     def curves(self):
         history = self.history
@@ -303,6 +323,9 @@ def print_metrics(m):
     print(f'\n{"test set (" + str(m["n_test"]) + " images)":<42} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}')
     for label, ours, baseline in rows:
         print(f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}')
+    if 'noisy_sse_per_image' in m:
+        print(f'{"  the same from noisy inputs":<42} {m["noisy_sse_per_image"]:>10.4f}')
+    print(f'{f"code activations with |z| < {NEAR_ZERO}":<42} {m["code_near_zero"]:>10.2%}')
     if 'neg_elbo' in m:
         print(f'{"negative ELBO (nats per image)":<42} {m["neg_elbo"]:>10.4f}')
         print(f'{"  of which KL":<42} {m["kl"]:>10.4f}')

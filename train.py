@@ -9,7 +9,7 @@ import sys
 import torch
 
 from data_loader import DATASETS, load_dataset, select_labels, split_train_valid
-from model import build_model, model_from_checkpoint
+from model import ACTIVATIONS, INPUT_SIZE, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer
 from utils import (ArgumentParser, CliError, check_writable, default_gpu_id, first_line, float_in, get_device,
                    int_at_least, load_checkpoint, run_cli, save_checkpoint, set_seed)
@@ -38,7 +38,7 @@ def define_argparser():
                         '(default: %(default)s)')
     g.add_argument('--hidden_sizes', type=int_at_least(1), nargs='+', default=None,
                    help='explicit hidden sizes of the encoder, e.g. 512 256 128, mirrored in the decoder; '
-                        'overrides --n_layers')
+                        'overrides --n_layers (with --arch conv: channels; --arch lstm: LSTM units)')
     g.add_argument('--btl_size', type=int_at_least(1), default=10, help='size of the code (default: %(default)s)')
     g.add_argument('--use_dropout', action='store_true',
                    help='Dropout after each ReLU instead of BatchNorm1d')
@@ -49,6 +49,32 @@ def define_argparser():
                         'the VAE always uses Bernoulli BCE')
     g.add_argument('--kl_weight', type=float_in(0, float('inf'), low_open=False), default=1.,
                    help='VAE weight of the KL term, beta in a beta-VAE (default: %(default)s)')
+    g.add_argument('--kl_anneal', type=int_at_least(0), default=0,
+                   help='VAE: raise the KL weight linearly from 0 over the first N epochs (default: %(default)s)')
+    g.add_argument('--arch', choices=['mlp', 'conv', 'lstm'], default='mlp',
+                   help='mlp: Blocks of Linear layers; conv: Conv2d blocks (3x3, stride 2) with channels from '
+                        '--hidden_sizes (default 32 64) and a ConvTranspose2d mirror; lstm: rows as a sequence, '
+                        'an LSTM of --hidden_sizes[0] units (default 128) each way (default: %(default)s)')
+    g.add_argument('--activation', choices=list(ACTIVATIONS), default='relu',
+                   help='activation in every Block; none, with --use_dropout --dropout_p 0 and MSE, makes a linear '
+                        'autoencoder, which learns the PCA subspace (default: %(default)s)')
+    g.add_argument('--tied', action='store_true',
+                   help='--arch mlp: each decoder Linear uses the transposed weight of its mirror encoder Linear')
+
+    g = p.add_argument_group('regularizers')
+    g.add_argument('--noise', choices=['gaussian', 'masking', 'salt_pepper'], default=None,
+                   help='denoising: corrupt the training inputs afresh each batch; the loss compares with the '
+                        'clean input')
+    g.add_argument('--noise_level', type=float_in(0, float('inf')), default=.3,
+                   help='standard deviation (gaussian) or share of the pixels (masking: set to 0; salt_pepper: '
+                        'set to 0 or 1) (default: %(default)s)')
+    g.add_argument('--l1', type=float_in(0, float('inf'), low_open=False), default=0.,
+                   help='AE: L1 penalty on the code activations, times this lambda (default: %(default)s)')
+    g.add_argument('--sparsity', type=float_in(0, 1), default=None,
+                   help='AE: target mean activation RHO of each code unit (the code passes through a sigmoid); '
+                        'adds --sparsity_weight x KL(RHO || mean activation)')
+    g.add_argument('--sparsity_weight', type=float_in(0, float('inf'), low_open=False), default=1.,
+                   help='BETA, the weight of the --sparsity penalty (default: %(default)s)')
 
     g = p.add_argument_group('training')
     g.add_argument('--n_epochs', type=int_at_least(1), default=20, help='(default: %(default)s)')
@@ -79,11 +105,32 @@ def define_argparser():
 
 def parse_args(p, argv):
     config = p.parse_args(argv)
-    if config.model == 'vae' and config.loss is not None:
-        p.error('--loss applies to --model ae only; the VAE\'s reconstruction term is always BCE')
+    refusal = incompatible_flags(config)
+    if refusal:
+        p.error(refusal)
     if config.model == 'ae' and config.loss is None:
         config.loss = 'mse'
     return config
+
+
+def incompatible_flags(c):
+    """The reason a combination of flags makes no sense, or None."""
+    if c.model == 'vae':
+        for flag, given in (('--loss', c.loss is not None), ('--l1', c.l1 > 0), ('--sparsity', c.sparsity is not None)):
+            if given:
+                return f'{flag} applies to --model ae only (the VAE uses BCE and its own KL term on the code)'
+    if c.model == 'ae' and c.kl_anneal:
+        return '--kl_anneal applies to --model vae only'
+    if c.tied and c.arch != 'mlp':
+        return f'--tied needs --arch mlp: --arch {c.arch} has no Linear mirror to tie'
+    if c.arch == 'lstm' and c.activation != 'relu':
+        return '--activation does not apply to --arch lstm (an LSTM has its own gates)'
+    if c.noise in ('masking', 'salt_pepper') and c.noise_level > 1:
+        return f'--noise_level {c.noise_level}: --noise {c.noise} takes a share of the pixels, in (0, 1]'
+    if c.btl_size >= INPUT_SIZE and not (c.noise or c.l1 or c.sparsity):
+        return (f'--btl_size {c.btl_size} >= {INPUT_SIZE} pixels is an overcomplete code, which can learn the '
+                f'identity map and nothing else; add a regularizer: --noise, --l1 or --sparsity')
+    return None
 
 
 def build_optimizer(model, config):
@@ -127,7 +174,7 @@ def resume_config(config, argv, parser):
 def stop_on_signals(trainer):
     """The first Ctrl-C or SIGTERM asks the Trainer to stop after the current step; a
     second one exits at once (a save in progress is abandoned, the file on disk stays whole).
-    The previous handlers come back afterwards."""
+    The previous handlers come back afterwards, unless a stop was requested."""
     def exit_now(signum, frame):
         print(f'\n{signal.Signals(signum).name} again: exiting now; files on disk are untouched', file=sys.stderr)
         sys.exit(128 + signum)
@@ -141,8 +188,11 @@ def stop_on_signals(trainer):
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        # After a stop the process is on its way out: a second signal must still find exit_now,
+        # not the default handler's KeyboardInterrupt and its traceback.
+        if not trainer.stop_requested:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def main(argv=None):

@@ -102,6 +102,7 @@ class Trainer:
         return True
 
     def _train_epoch(self, epoch, images, train_indices, valid_indices, batch_size, epochs):
+        self.model.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
         with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=self.verbose < 2,
                   dynamic_ncols=True) as steps:

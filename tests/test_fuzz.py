@@ -1,5 +1,8 @@
-"""Property-based tests: random valid architectures train a step; random and mutated bytes
-given to the IDX reader and to checkpoint loading fail only with the project's own errors."""
+"""Property-based tests: random valid architectures (every --model, --arch, --n_layers,
+--hidden_sizes, --btl_size, --use_dropout, --tied, --activation, with the regularizers) train
+a step; random and mutated bytes given to the IDX reader and to checkpoint loading fail only
+with the project's own errors."""
+import argparse
 import gzip
 import os
 import io
@@ -10,7 +13,8 @@ from hypothesis import strategies as st
 
 from conftest import make_images
 from data_loader import DataError, read_idx
-from model import build_model, model_from_checkpoint
+from model import ACTIVATIONS, build_model, model_from_checkpoint
+from train import incompatible_flags
 from utils import CliError, load_checkpoint
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -18,11 +22,23 @@ FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=
 
 @st.composite
 def architectures(draw):
-    config = dict(model=draw(st.sampled_from(['ae', 'vae'])), btl_size=draw(st.integers(1, 40)),
-                  use_dropout=draw(st.booleans()), dropout_p=draw(st.floats(0, .9)),
-                  n_layers=draw(st.integers(1, 6)), kl_weight=draw(st.floats(0, 4)))
-    config['hidden_sizes'] = draw(st.none() | st.lists(st.integers(1, 300), min_size=1, max_size=4))
-    config['loss'] = draw(st.sampled_from(['mse', 'bce'])) if config['model'] == 'ae' else None
+    """A random combination of the architecture flags that train.py accepts."""
+    model, arch = draw(st.sampled_from(['ae', 'vae'])), draw(st.sampled_from(['mlp', 'conv', 'lstm']))
+    if arch == 'mlp':
+        hidden_sizes = draw(st.none() | st.lists(st.integers(1, 300), min_size=1, max_size=4))
+    else:  # channels or LSTM units: kept small, so each example stays fast
+        hidden_sizes = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
+    config = dict(model=model, arch=arch, hidden_sizes=hidden_sizes, n_layers=draw(st.integers(1, 6)),
+                  btl_size=draw(st.integers(1, 40)), use_dropout=draw(st.booleans()),
+                  dropout_p=draw(st.floats(0, .9)), kl_weight=draw(st.floats(0, 4)),
+                  tied=draw(st.booleans()) if arch == 'mlp' else False,
+                  activation=draw(st.sampled_from(list(ACTIVATIONS))) if arch != 'lstm' else 'relu',
+                  noise=draw(st.sampled_from([None, 'gaussian', 'masking', 'salt_pepper'])),
+                  noise_level=draw(st.floats(.01, 1)), kl_anneal=draw(st.integers(0, 3)) if model == 'vae' else 0,
+                  loss=draw(st.sampled_from(['mse', 'bce'])) if model == 'ae' else None,
+                  l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
+                  sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
+    assert incompatible_flags(argparse.Namespace(**config)) is None  # the draw keeps to the rules
     return config
 
 

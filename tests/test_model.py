@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal, kl_divergence
 
-from model import VAE, AutoEncoder, Block, build_model, gaussian_kl
+from model import Block, build_model, gaussian_kl
 from utils import hidden_size_schedule
 
 
@@ -75,7 +75,7 @@ def test_kl_matches_torch_distributions():
 
 def test_vae_loss_is_the_negative_elbo_per_image():
     torch.manual_seed(0)
-    model = VAE(input_size=4, hidden_sizes=[3], btl_size=2, kl_weight=.5).eval()
+    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, kl_weight=.5), input_size=4).eval()
     x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
     loss, parts = model.loss(x)
 
@@ -92,7 +92,7 @@ def test_vae_loss_is_the_negative_elbo_per_image():
 
 def test_vae_samples_z_in_training_and_uses_mu_in_eval():
     torch.manual_seed(0)
-    model = VAE(input_size=4, hidden_sizes=[3], btl_size=2, use_batch_norm=False, dropout_p=0.)
+    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, use_dropout=True, dropout_p=0.), input_size=4)
     x = torch.rand(3, 4)
     mu, logvar = model.posterior(x)
     assert torch.equal(model.eval().encode(x), mu)
@@ -105,7 +105,7 @@ def test_vae_samples_z_in_training_and_uses_mu_in_eval():
 
 @pytest.mark.parametrize('loss_name', ['mse', 'bce'])
 def test_autoencoder_loss_is_summed_over_pixels_and_averaged_over_images(loss_name):
-    model = AutoEncoder(input_size=4, hidden_sizes=[3], btl_size=2, loss=loss_name).eval()
+    model = build_model(config(hidden_sizes=[3], btl_size=2, loss=loss_name), input_size=4).eval()
     x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
     loss, _ = model.loss(x)
     x_hat = model(x)

@@ -11,6 +11,9 @@ class ScalarModel(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.tensor(0.))
 
+    def set_epoch(self, epoch):
+        pass
+
     def loss(self, x):
         loss = (self.w - 3) ** 2 + 0 * x.sum()
         return loss, {'recon': loss}

@@ -1,0 +1,181 @@
+"""The autoencoder family: each variant trained through train.py's command line on tiny data
+and reloaded by predict.py from its config alone."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import predict
+import train
+from conftest import write_idx
+from model import build_model
+from test_cli import expect_usage_error
+from utils import run_cli
+
+SMALL = ['--n_epochs', '2', '--batch_size', '64', '--gpu_id', '-1', '--btl_size', '3']
+VARIANTS = {
+    'denoising_gaussian': ['--noise', 'gaussian', '--noise_level', '.3', '--hidden_sizes', '64'],
+    'denoising_masking': ['--noise', 'masking', '--noise_level', '.5', '--hidden_sizes', '64'],
+    'denoising_salt_pepper': ['--noise', 'salt_pepper', '--noise_level', '.2', '--hidden_sizes', '64'],
+    'denoising_vae': ['--model', 'vae', '--noise', 'masking', '--hidden_sizes', '64'],
+    'sparse_l1': ['--l1', '.01', '--hidden_sizes', '64'],
+    'sparse_kl': ['--sparsity', '.05', '--sparsity_weight', '.1', '--hidden_sizes', '64'],
+    'tied': ['--tied', '--hidden_sizes', '64', '32'],
+    'tied_vae': ['--model', 'vae', '--tied', '--hidden_sizes', '64'],
+    'leaky_relu': ['--activation', 'leaky_relu', '--hidden_sizes', '64'],
+    'gelu': ['--activation', 'gelu', '--hidden_sizes', '64'],
+    'tanh': ['--activation', 'tanh', '--hidden_sizes', '64'],
+    'sigmoid': ['--activation', 'sigmoid', '--hidden_sizes', '64'],
+    'linear': ['--activation', 'none', '--use_dropout', '--dropout_p', '0', '--hidden_sizes', '64'],
+    'conv': ['--arch', 'conv', '--hidden_sizes', '4', '8'],
+    'conv_vae': ['--arch', 'conv', '--model', 'vae', '--hidden_sizes', '4', '8', '8'],
+    'lstm': ['--arch', 'lstm', '--hidden_sizes', '16'],
+    'lstm_vae': ['--arch', 'lstm', '--model', 'vae', '--hidden_sizes', '16'],
+    'beta_vae_warmup': ['--model', 'vae', '--kl_weight', '4', '--kl_anneal', '2', '--hidden_sizes', '64'],
+    'overcomplete_denoising': ['--btl_size', '800', '--noise', 'gaussian', '--hidden_sizes', '32'],
+}
+
+
+def train_variant(folder, data_dir, flags):
+    model_fn = str(folder / 'model.pth')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, *SMALL, *flags]), 'train.py')
+    return model_fn
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_variant_trains_and_reloads_in_predict(name, data_dir, tmp_path, capsys):
+    model_fn = train_variant(tmp_path, data_dir, VARIANTS[name])
+    checkpoint = torch.load(model_fn, weights_only=True)
+    assert len(checkpoint['history']) == 2
+    out_dir = tmp_path / 'predict'
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
+                                  '--iw_samples', '3', '--what', 'recon', 'samples', 'metrics']), 'predict.py')
+    printed = capsys.readouterr().out
+    metrics = json.loads((out_dir / 'metrics.json').read_text())
+    assert np.isfinite(metrics['test_loss']) and 0 <= metrics['code_near_zero'] <= 1
+    written = set(os.listdir(out_dir))
+    assert {'reconstructions.png', 'samples.png'} <= written
+    if '--noise' in VARIANTS[name]:
+        assert 'denoising.png' in written and 'noisy_sse_per_image' in metrics
+        assert 'the same from noisy inputs' in printed
+    if '--l1' in VARIANTS[name]:
+        assert 'train_l1' in checkpoint['history'][0] and 'test_l1' in metrics
+    if '--sparsity' in VARIANTS[name]:
+        assert 'train_sparsity' in checkpoint['history'][0] and 'test_sparsity' in metrics
+
+
+def parameter_count(capsys):
+    return int(next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith('parameters:')).split()[1].replace(',', ''))
+
+
+def test_tied_weights_drop_the_decoder_weights_from_the_count(data_dir, tmp_path, capsys):
+    flags = ['--hidden_sizes', '64', '32', '--verbose', '1']
+    train_variant(tmp_path, data_dir, flags)
+    untied = parameter_count(capsys)
+    train_variant(tmp_path, data_dir, flags + ['--tied'])
+    tied = parameter_count(capsys)
+    assert untied - tied == 784 * 64 + 64 * 32 + 32 * 3  # every decoder weight matrix, biases kept
+
+
+def test_tied_decoder_uses_the_transposed_encoder_weights():
+    config = dict(model='ae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=False, dropout_p=.3,
+                  loss='mse', kl_weight=1., tied=True)
+    model = build_model(config, input_size=7)
+    with torch.no_grad():
+        model.encoder[-1].weight.fill_(2.)
+    x = torch.randn(3, 2)
+    first = model.decoder[0].block[0]
+    assert torch.equal(first(x), x @ model.encoder[-1].weight + first.bias)
+
+
+def test_noise_only_in_training_and_of_the_right_kind():
+    config = dict(model='ae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=True, dropout_p=0.,
+                  loss='mse', kl_weight=1.)
+    x = torch.full((200, 50), .5)
+    masked = build_model({**config, 'noise': 'masking', 'noise_level': .3}, input_size=50).corrupt(x)
+    assert abs((masked == 0).float().mean().item() - .3) < .03 and set(masked.unique().tolist()) == {0., .5}
+    salted = build_model({**config, 'noise': 'salt_pepper', 'noise_level': .2}, input_size=50).corrupt(x)
+    assert abs((salted != .5).float().mean().item() - .2) < .03 and set(salted.unique().tolist()) == {0., .5, 1.}
+    gaussian = build_model({**config, 'noise': 'gaussian', 'noise_level': .1}, input_size=50)
+    assert 0 <= gaussian.corrupt(x).min() and gaussian.corrupt(x).max() <= 1
+    gaussian.eval()
+    assert torch.equal(gaussian.loss(x)[0], gaussian.loss(x)[0])  # clean input in eval: deterministic
+    gaussian.train()
+    assert not torch.equal(gaussian.loss(x)[0], gaussian.loss(x)[0])
+
+
+def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
+    config = dict(model='vae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=True, dropout_p=0.,
+                  loss=None, kl_weight=2., kl_anneal=4)
+    model = build_model(config, input_size=6)
+    x = torch.rand(8, 6)
+    for epoch, ramp in ((1, 0.), (2, .25), (3, .5), (5, 1.), (9, 1.)):
+        model.set_epoch(epoch)
+        torch.manual_seed(0)
+        loss, parts = model.train().image_losses(x)
+        assert torch.allclose(loss, parts['recon'] + 2. * ramp * parts['kl'])
+        loss, parts = model.eval().image_losses(x)
+        assert torch.allclose(loss, parts['recon'] + 2. * parts['kl'])
+
+
+def test_sparsity_penalty_is_the_kl_to_the_target_activation():
+    config = dict(model='ae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=True, dropout_p=0.,
+                  loss='mse', kl_weight=1., sparsity=.1, sparsity_weight=3.)
+    model = build_model(config, input_size=6).eval()
+    x = torch.rand(8, 6)
+    z = model.encode(x)
+    assert ((0 < z) & (z < 1)).all()  # the sigmoid makes a mean activation a probability
+    rho_hat = z.mean(0)
+    expected = 3. * (.1 * torch.log(.1 / rho_hat) + .9 * torch.log(.9 / (1 - rho_hat))).sum()
+    _, parts = model.image_losses(x)
+    assert torch.allclose(parts['sparsity'], expected.expand(8))
+
+
+def low_rank_images(n, rank, seed):
+    """Images near a rank-`rank` affine subspace: a mean image plus `rank` patterns with
+    random weights of falling scale, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.uniform(-.5, .5, size=(rank, 784))
+    weights = rng.normal(size=(n, rank)) * np.array([40., 30., 20.][:rank])  # stays inside 0..255: no clipping
+    images = 128 + weights @ patterns + rng.normal(scale=1, size=(n, 784))
+    return np.clip(images, 0, 255).reshape(n, 28, 28)
+
+
+def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
+    k = 3
+    images = low_rank_images(600, k, seed=0)
+    write_idx(str(tmp_path / 'train-images-idx3-ubyte'), images)
+    write_idx(str(tmp_path / 'train-labels-idx1-ubyte'), np.zeros(600))
+    model_fn = str(tmp_path / 'linear.pth')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', str(tmp_path), '--gpu_id', '-1',
+                                '--verbose', '0', '--activation', 'none', '--use_dropout', '--dropout_p', '0',
+                                '--hidden_sizes', '32', '--btl_size', str(k), '--n_epochs', '150', '--lr', '3e-3',
+                                '--batch_size', '32']), 'train.py')
+    checkpoint = torch.load(model_fn, weights_only=True)
+    model = build_model(checkpoint['config'])
+    model.load_state_dict(checkpoint['model'])
+    model.eval()
+    with torch.no_grad():  # the decoder is affine: its columns are decode(e_i) - decode(0)
+        columns = (model.decode(torch.eye(k)) - model.decode(torch.zeros(1, k))).T.double()
+    x = torch.tensor(images.reshape(600, -1), dtype=torch.float64) / 255
+    top = torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[:k].T
+    cosines = torch.linalg.svdvals(torch.linalg.qr(columns).Q.T @ top)
+    assert cosines.min() > .99  # every principal angle below about 8 degrees
+
+
+@pytest.mark.parametrize('flags, match', [
+    (['--btl_size', '784'], 'overcomplete code'),
+    (['--model', 'vae', '--l1', '.1'], '--l1 applies to --model ae only'),
+    (['--model', 'vae', '--sparsity', '.1'], '--sparsity applies to --model ae only'),
+    (['--kl_anneal', '3'], '--kl_anneal applies to --model vae only'),
+    (['--arch', 'conv', '--tied'], '--tied needs --arch mlp'),
+    (['--arch', 'lstm', '--activation', 'tanh'], '--activation does not apply to --arch lstm'),
+    (['--noise', 'masking', '--noise_level', '1.5'], 'takes a share of the pixels'),
+    (['--activation', 'swish'], "invalid choice: 'swish'"),
+])
+def test_combinations_that_make_no_sense(flags, match, data_dir, tmp_path, capsys):
+    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--data_dir', data_dir,
+                                                *flags], capsys, match)
