@@ -142,8 +142,10 @@ class Codec(nn.Module):
         """A noisy copy of x for a denoising autoencoder (x itself when there is no noise)."""
         if self.noise == 'gaussian':
             return (x + self.noise_level * torch.randn_like(x)).clamp(0, 1)
-        if self.noise == 'masking':  # a share noise_level of the pixels set to 0
-            return x * (torch.rand_like(x) >= self.noise_level)
+        if self.noise == 'masking':
+            # A share noise_level of the pixels set to 0 and the others scaled up, as inverted
+            # dropout does, so that a clean input has the scale the network was trained on.
+            return F.dropout(x, self.noise_level, training=True)
         if self.noise == 'salt_pepper':  # a share noise_level of the pixels set to 0 or 1
             hit = torch.rand_like(x) < self.noise_level
             return torch.where(hit, (torch.rand_like(x) < .5).to(x.dtype), x)

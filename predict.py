@@ -68,10 +68,10 @@ class Report:
         self.config, self.history = checkpoint['config'], checkpoint['history']
         config = self.config
         self.dataset = args.dataset or config['dataset']
-        data_dir = args.data_dir or config['data_dir']
+        self.data_dir = args.data_dir or config['data_dir']
         self.class_names = CLASS_NAMES[self.dataset]
         # Every test image, for anomaly detection; the rest uses the classes trained on.
-        self.all_images, self.all_labels = (t.to(device) for t in load_dataset(self.dataset, data_dir, train=False))
+        self.all_images, self.all_labels = (t.to(device) for t in load_dataset(self.dataset, self.data_dir, train=False))
         self.known = (torch.isin(self.all_labels, torch.tensor(config['target_labels'], device=device))
                       if config['target_labels'] else torch.ones_like(self.all_labels, dtype=torch.bool))
         self.images, self.labels = self.all_images[self.known], self.all_labels[self.known]
@@ -86,8 +86,9 @@ class Report:
 
     @cached_property
     def train_set(self):
-        """The images the model was trained on: the same classes and the same seeded split."""
-        images, labels = load_dataset(self.config['dataset'], self.args.data_dir or self.config['data_dir'], train=True)
+        """The images the model was trained on: the same classes and the same seeded split (of
+        the data set being evaluated, when --dataset names another)."""
+        images, labels = load_dataset(self.dataset, self.data_dir, train=True)
         images, labels = select_labels(images, labels, self.config['target_labels'])
         train_idx, _ = split_train_valid(len(images), self.config['train_ratio'], self.config['seed'])
         return images[train_idx].to(self.images.device), labels[train_idx].to(self.images.device)
@@ -303,6 +304,8 @@ class Report:
     def curves(self):
         history = self.history
         parts = [k[len('train_'):] for k in history[0] if k.startswith('train_')]
+        # A part equal to the loss (an AE's recon without penalties) would only repeat its panel.
+        parts = [p for p in parts if p == 'loss' or any(h[f'train_{p}'] != h['train_loss'] for h in history)]
         fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 4), squeeze=False)
         epochs = [h['epoch'] for h in history]
         for ax, part in zip(axes[0], parts):
@@ -310,6 +313,7 @@ class Report:
                 ax.plot(epochs, [h[f'{split}_{part}'] for h in history], style, marker='.', label=split)
             ax.set_xlabel('epoch')
             ax.set_ylabel(f'{part} per image')
+            ax.set_yscale('log')  # the first epochs fall steeply; later ones still show
             ax.set_title(part)
             ax.legend()
         fig.suptitle(f'{os.path.basename(self.args.model_fn)}: losses per epoch')

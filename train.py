@@ -66,8 +66,8 @@ def define_argparser():
                    help='denoising: corrupt the training inputs afresh each batch; the loss compares with the '
                         'clean input')
     g.add_argument('--noise_level', type=float_in(0, float('inf')), default=.3,
-                   help='standard deviation (gaussian) or share of the pixels (masking: set to 0; salt_pepper: '
-                        'set to 0 or 1) (default: %(default)s)')
+                   help='standard deviation (gaussian) or share of the pixels (masking: set to 0, the rest scaled '
+                        'by 1 / (1 - share); salt_pepper: set to 0 or 1) (default: %(default)s)')
     g.add_argument('--l1', type=float_in(0, float('inf'), low_open=False), default=0.,
                    help='AE: L1 penalty on the code activations, times this lambda (default: %(default)s)')
     g.add_argument('--sparsity', type=float_in(0, 1), default=None,
