@@ -75,11 +75,10 @@ class PCA:
         x = x.double()
         self.mean = x.mean(0)
         centered = x - self.mean
-        eigenvalues, eigenvectors = torch.linalg.eigh(centered.T @ centered / len(x))
+        _, eigenvectors = torch.linalg.eigh(centered.T @ centered / len(x))
         # eigh sorts ascending: the last columns are the top components.
         self.components = eigenvectors[:, -n_components:].flip(1).T
         # |components| = (n_components, n_features)
-        self.explained_variance = eigenvalues[-n_components:].flip(0)
 
     def encode(self, x):
         return ((x.double() - self.mean) @ self.components.T).to(x.dtype)
@@ -89,12 +88,12 @@ class PCA:
 
 
 @torch.no_grad()
-def pca_baseline(train_images, test_images, n_components, batch_size=4096):
+def pca_baseline(train_images, test_images, n_components):
     """PCA fitted on the training images: per-image sse and bce of its test reconstructions,
     with its train and test codes."""
-    train_x = torch.cat([to_input(b) for b in train_images.split(batch_size)])
+    train_x = to_input(train_images)
     pca = PCA(train_x, n_components)
-    test_x = torch.cat([to_input(b) for b in test_images.split(batch_size)])
+    test_x = to_input(test_images)
     test_codes = pca.encode(test_x)
     sse, bce = reconstruction_errors(pca.decode(test_codes), test_x)
     return {'sse': sse, 'bce': bce, 'train_codes': pca.encode(train_x), 'test_codes': test_codes}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from data_loader import DataError, load_dataset, split_train_valid
+from data_loader import DataError, load_dataset, split_train_valid, write_idx
 from model import build_model
 from train import build_optimizer
 from trainer import Trainer
@@ -161,13 +161,6 @@ def inference_throughput(model, images, device, batch_size=1024, min_seconds=1.)
             done += len(x_all)
         synchronize(device)
     return done / (time.perf_counter() - start)
-
-
-def write_idx(path, array):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    with open(path, 'wb') as f:
-        f.write(bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape))
-        f.write(array.tobytes())
 
 
 # Runs train.py and reports its peak resident memory from /proc (Linux). ru_maxrss of a child

@@ -8,6 +8,7 @@ import math
 import os
 import zlib
 
+import numpy as np
 import torch
 
 from utils import CliError
@@ -74,6 +75,20 @@ def _read_idx_stream(f, path):
     if f.read(1):
         raise DataError(f'{path}: corrupt IDX file, bytes after the {tuple(shape)} data its header announces')
     return data.view(*shape)
+
+
+def idx_bytes(array):
+    """A uint8 array in the IDX format: the header for its shape, then its bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return bytes([0, 0, IDX_DTYPE_UBYTE, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape) \
+        + array.tobytes()
+
+
+def write_idx(path, array):
+    """Writes a uint8 array as an IDX file (gzip when path ends in .gz) that read_idx reads back."""
+    with (gzip.open if path.endswith('.gz') else open)(path, 'wb') as f:
+        f.write(idx_bytes(array))
+    return path
 
 
 def _gzip_length(path):

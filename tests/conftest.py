@@ -1,5 +1,4 @@
 """Tiny MNIST-like IDX files written by the tests themselves: no data set, no network."""
-import gzip
 import os
 import sys
 
@@ -8,15 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def write_idx(path, array):
-    """Writes a uint8 array in the IDX format (gzip when path ends in .gz)."""
-    array = np.asarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'wb') as f:
-        f.write(header + array.tobytes())
-    return path
+from data_loader import write_idx  # noqa: E402 (needs the path above)
 
 
 def make_images(n, seed):

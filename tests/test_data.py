@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import data_loader
-from conftest import make_images, write_dataset, write_idx
-from data_loader import DataError, load_dataset, read_idx, select_labels, split_train_valid, to_input
+from conftest import make_images, write_dataset
+from data_loader import DataError, idx_bytes, load_dataset, read_idx, select_labels, split_train_valid, to_input, write_idx
 from utils import CliError
 
 
@@ -25,11 +25,6 @@ def test_read_idx_labels(tmp_path):
     assert read_idx(path).tolist() == [3, 1, 4, 1, 5]
 
 
-def raw_idx(images):
-    path_bytes = bytes([0, 0, 8, 3]) + b''.join(d.to_bytes(4, 'big') for d in images.shape)
-    return path_bytes + images.tobytes()
-
-
 @pytest.mark.parametrize('mutate, message', [
     (lambda b: b'\x00\x00\x09\x03' + b[4:], 'bad magic number'),     # int8 instead of ubyte
     (lambda b: b'\x12\x34' + b[2:], 'bad magic number'),
@@ -41,7 +36,7 @@ def raw_idx(images):
 def test_read_idx_names_the_corrupt_or_truncated_file(tmp_path, mutate, message):
     images, _ = make_images(3, seed=0)
     path = tmp_path / 'bad-images-idx3-ubyte'
-    path.write_bytes(mutate(raw_idx(images)))
+    path.write_bytes(mutate(idx_bytes(images)))
     with pytest.raises(DataError, match=message) as error:
         read_idx(str(path))
     assert str(path) in str(error.value)
@@ -49,7 +44,7 @@ def test_read_idx_names_the_corrupt_or_truncated_file(tmp_path, mutate, message)
 
 def test_read_idx_truncated_gzip(tmp_path):
     images, _ = make_images(3, seed=0)
-    whole = gzip.compress(raw_idx(images))
+    whole = gzip.compress(idx_bytes(images))
     path = tmp_path / 'images-idx3-ubyte.gz'
     path.write_bytes(whole[:len(whole) // 2])
     with pytest.raises(DataError, match='truncated|corrupt|cannot read') as error:

@@ -9,7 +9,7 @@ import torch
 
 import predict
 import train
-from conftest import write_idx
+from data_loader import write_idx
 from model import build_model
 from test_cli import expect_usage_error
 from utils import run_cli

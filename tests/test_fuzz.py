@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_images
-from data_loader import DataError, read_idx
+from data_loader import DataError, idx_bytes, read_idx
 from model import ACTIVATIONS, build_model, model_from_checkpoint
 from train import incompatible_flags
 from utils import CliError, load_checkpoint
@@ -60,7 +60,7 @@ def test_any_valid_architecture_builds_and_trains_a_step(config, batch_size):
 
 def valid_idx_bytes():
     images, _ = make_images(2, seed=0)
-    return bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + images.tobytes()
+    return idx_bytes(images)
 
 
 @st.composite
