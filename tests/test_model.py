@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal, kl_divergence
 
-from model import Block, build_model, gaussian_kl
+from model import LOGVAR_MAX, Block, build_model, gaussian_kl
 from utils import hidden_size_schedule
 
 
@@ -80,7 +80,7 @@ def test_vae_loss_is_the_negative_elbo_per_image():
     loss, parts = model.loss(x)
 
     # By hand: in eval z = mu; the decoder gives Bernoulli logits for each pixel.
-    mu, logvar = model.encoder(x)[:, :2], model.encoder(x)[:, 2:]
+    mu, logvar = model.encoder(x)[:, :2], model.encoder(x)[:, 2:].clamp(max=LOGVAR_MAX)
     p = torch.sigmoid(model.decoder(mu))
     recon = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(1)  # summed over pixels
     var = torch.exp(logvar)
@@ -88,6 +88,21 @@ def test_vae_loss_is_the_negative_elbo_per_image():
     assert torch.allclose(parts['recon'], recon.mean(), atol=1e-5)
     assert torch.allclose(parts['kl'], kl.mean(), atol=1e-5)
     assert torch.allclose(loss, (recon + .5 * kl).mean(), atol=1e-5)
+
+
+def test_vae_posterior_variance_is_capped_so_an_unusual_image_keeps_a_finite_kl():
+    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, use_dropout=True), input_size=4).eval()
+    head = model.encoder[-1]
+    with torch.no_grad():  # a head that extrapolates wildly for one of the two latents
+        head.bias[2:] = torch.tensor([-1., 60.])
+    x = torch.rand(3, 4)
+    mu, logvar = model.posterior(x)
+    raw = model.encoder(x)[:, 2:]
+    assert torch.equal(logvar[:, 0], raw[:, 0])  # below the cap: untouched
+    assert (raw[:, 1] > LOGVAR_MAX).all() and (logvar[:, 1] == LOGVAR_MAX).all()
+    kl = gaussian_kl(mu, logvar)[:, 1]
+    assert (kl <= .5 * (mu[:, 1] ** 2 + torch.exp(torch.tensor(LOGVAR_MAX)) - 1 - LOGVAR_MAX) + 1e-5).all()
+    assert torch.isfinite(model.loss(x)[0])
 
 
 def test_vae_samples_z_in_training_and_uses_mu_in_eval():
