@@ -173,20 +173,39 @@ def resume_config(config, argv, parser):
 @contextlib.contextmanager
 def stop_on_signals(trainer):
     """The first Ctrl-C or SIGTERM asks the Trainer to stop after the current step; a
-    second one exits at once (a save in progress is abandoned, the file on disk stays whole).
-    The previous handlers come back afterwards, unless a stop was requested."""
+    second one exits at once, or, during a save, as soon as the save is done: exiting from
+    inside torch.save leaves its zip writer half-closed, and that raises an error of its own.
+    Yields the context manager that marks a save. The previous handlers come back
+    afterwards, unless a stop was requested."""
+    saving, exit_code = False, None
+
     def exit_now(signum, frame):
-        print(f'\n{signal.Signals(signum).name} again: exiting now; files on disk are untouched', file=sys.stderr)
-        sys.exit(128 + signum)
+        nonlocal exit_code
+        exit_code = 128 + signum
+        when = 'after the save in progress' if saving else 'now'
+        print(f'\n{signal.Signals(signum).name} again: exiting {when}; the file on disk stays whole', file=sys.stderr)
+        if not saving:
+            sys.exit(exit_code)
 
     def request_stop(signum, frame):
         trainer.stop_requested = signum
         for s in STOP_SIGNALS:
             signal.signal(s, exit_now)
 
+    @contextlib.contextmanager
+    def save_in_progress():
+        nonlocal saving
+        saving = True
+        try:
+            yield
+        finally:
+            saving = False
+        if exit_code is not None:
+            sys.exit(exit_code)
+
     previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
     try:
-        yield
+        yield save_in_progress
     finally:
         # After a stop the process is on its way out: a second signal must still find exit_now,
         # not the default handler's KeyboardInterrupt and its traceback.
@@ -228,11 +247,12 @@ def main(argv=None):
         if config['verbose']:
             print(f'resuming after epoch {len(trainer.history)}')
 
-    def save(trainer):
-        save_checkpoint(config['model_fn'], {**trainer.state_dict(), 'config': config})
-
     try:
-        with stop_on_signals(trainer):
+        with stop_on_signals(trainer) as save_in_progress:
+            def save(trainer):
+                with save_in_progress():
+                    save_checkpoint(config['model_fn'], {**trainer.state_dict(), 'config': config})
+
             finished = trainer.train(images.to(device), train_indices.to(device), valid_indices.to(device),
                                      config['n_epochs'], config['batch_size'], on_epoch_end=save)
     except NonFiniteLoss as e:

@@ -103,6 +103,27 @@ def test_a_second_interrupt_exits_at_once_and_leaves_a_whole_file(data_dir, tmp_
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
+def test_a_second_signal_during_a_save_exits_once_the_file_is_whole(tmp_path, capsys):
+    # A stop was requested; the second SIGINT lands inside a save. Exiting from within
+    # torch.save used to raise from its half-closed zip writer (exit 1 and a traceback).
+    trainer = train.Trainer(None, None)
+    model_fn = tmp_path / 'm.pth'
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            with train.stop_on_signals(trainer) as save_in_progress:
+                os.kill(os.getpid(), signal.SIGINT)
+                with save_in_progress():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    train.save_checkpoint(str(model_fn), {'weights': torch.ones(3)})
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert trainer.stop_requested == signal.SIGINT and exit_.value.code == 130
+    assert torch.equal(torch.load(model_fn, weights_only=True)['weights'], torch.ones(3))
+    assert 'SIGINT again: exiting after the save in progress' in capsys.readouterr().err
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     model_fn = tmp_path / 'good.pth'
     assert run_script('train.py', '--model_fn', str(model_fn), '--data_dir', data_dir, *TINY).returncode == 0
