@@ -288,6 +288,9 @@ def main(argv=None):
     if args.recipes:
         results = run_recipes(args)
         print_rows(recipe_rows(results))
+        if args.recipe_epochs:
+            print(f'(every recipe trained for --recipe_epochs {args.recipe_epochs} only: a check of the pipeline, '
+                  f'not of the targets)')
         path = os.path.join(args.recipes_dir, 'recipes.json')
         with open(path, 'w') as f:
             json.dump(results, f, indent=2)

@@ -77,6 +77,7 @@ def test_recipes_train_and_evaluate_through_the_real_scripts(tmp_path, capsys):
     assert 'anomaly_roc_auc' in results['anomaly'] and 'iwae_nll' in results['vae20']
     out = capsys.readouterr().out
     assert 'VAE 20-d: negative ELBO vs classic 784-400-20' in out and 'train time of anomaly' in out
+    assert '--recipe_epochs 1 only' in out
 
 
 def test_a_failing_recipe_ends_with_the_scripts_own_error(tmp_path):
