@@ -127,3 +127,13 @@ def fit_gaussian(codes):
     cov = torch.cov(codes.T).reshape(codes.shape[1], codes.shape[1])
     cov = cov + 1e-6 * torch.eye(len(mean), device=codes.device)  # stays positive definite
     return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+
+
+def central_box(codes, share=.99, margin=.05):
+    """The box (low, high) per dimension that holds the central share of the codes, widened by
+    margin of its size on each side: a few outlying codes do not shrink the picture of the rest."""
+    tail = (1 - share) / 2
+    low, high = torch.quantile(codes.float(), torch.tensor([tail, 1 - tail], device=codes.device), dim=0)
+    # |low| = |high| = (btl_size,)
+    pad = margin * (high - low)
+    return low - pad, high + pad

@@ -113,11 +113,8 @@ class Report:
 
     @cached_property
     def code_range(self):
-        """The box that holds the training codes and the test codes, 5% wider."""
-        codes = torch.cat([self.train_codes, self.test_codes])
-        low, high = codes.min(0).values, codes.max(0).values
-        margin = .05 * (high - low)
-        return low - margin, high + margin
+        """The box that holds the central 99% of the training and test codes, 5% wider."""
+        return analysis.central_box(torch.cat([self.train_codes, self.test_codes]))
 
     def legend(self, ax):
         ax.legend(markerscale=3, fontsize=8, loc='center left', bbox_to_anchor=(1, .5))
@@ -170,6 +167,8 @@ class Report:
         ax.imshow(regions.numpy(), origin='lower', extent=(x0, x1, y0, y1), cmap=colors, vmin=-.5, vmax=9.5, alpha=.3,
                   aspect='auto', interpolation='nearest')
         self.scatter_by_class(ax, self.test_codes, self.labels, size=2)
+        ax.set_xlim(x0, x1)  # the few test codes outside the shaded box are left out
+        ax.set_ylim(y0, y1)
         ax.set_xlabel('z1')
         ax.set_ylabel('z2')
         ax.set_title(f'decision regions of a {KNN_K}-NN classifier on the training codes, test codes on top')
@@ -184,7 +183,7 @@ class Report:
         else:
             low, high = self.code_range
             axis = [torch.linspace(low[i].item(), high[i].item(), n) for i in range(2)]
-            how = 'over the range of the codes'
+            how = 'over the central 99% of the codes'
         gx, gy = torch.meshgrid(axis[0], axis[1].flip(0), indexing='xy')  # z2 grows upwards
         images = self.decode(torch.stack([gx.flatten(), gy.flatten()], 1).to(self.test_codes.device))
         mosaic = images.clamp(0, 1).view(n, n, 28, 28).permute(0, 2, 1, 3).reshape(n * 28, n * 28).cpu()

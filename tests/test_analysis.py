@@ -103,3 +103,13 @@ def test_fit_gaussian_recovers_mean_and_covariance():
     gaussian = analysis.fit_gaussian(codes)
     assert torch.allclose(gaussian.mean, torch.tensor([3., -1.]), atol=.05)
     assert torch.allclose(gaussian.covariance_matrix, torch.tensor([[5., .5], [.5, .25]]), atol=.1)  # A^T A
+
+
+def test_the_code_box_holds_the_central_codes_and_ignores_outliers():
+    codes = torch.cat([torch.linspace(0, 1, 1001)[:, None].expand(-1, 2), torch.tensor([[1000., -1000.]])])
+    low, high = analysis.central_box(codes, share=.99, margin=0.)
+    # the 0.5% and 99.5% quantiles of 0..1, moved a hair by the outlier in each dimension
+    assert torch.allclose(low, torch.tensor([.005, .004]), atol=1e-4)
+    assert torch.allclose(high, torch.tensor([.996, .995]), atol=1e-4)
+    wider_low, wider_high = analysis.central_box(codes, share=.99, margin=.1)
+    assert torch.allclose(wider_low, low - .1 * (high - low)) and torch.allclose(wider_high, high + .1 * (high - low))
