@@ -213,10 +213,11 @@ class AutoEncoder(Codec):
 
 
 class VAE(Codec):
-    """A variational autoencoder with a diagonal Gaussian posterior q(z|x), a N(0, I) prior and
-    a Bernoulli decoder (the posterior's log-variance capped at LOGVAR_MAX). The loss is the negative ELBO in nats per image, its KL term weighed
-    by kl_weight (beta), which rises linearly from 0 over the first kl_anneal epochs of
-    training; validation always weighs it fully, so that epochs compare. In eval z = mu."""
+    """A variational autoencoder with a diagonal Gaussian posterior q(z|x) (its log-variance
+    capped at LOGVAR_MAX), a N(0, I) prior and a Bernoulli decoder. The loss is the negative
+    ELBO in nats per image, its KL term weighed by kl_weight (beta), which rises linearly from
+    0 over the first kl_anneal epochs of training; validation always weighs it fully, so that
+    epochs compare. In eval z = mu."""
     has_prior = True
 
     def __init__(self, encoder, decoder, btl_size, kl_weight=1., kl_anneal=0, **codec):

@@ -30,7 +30,8 @@ def define_argparser():
     p.add_argument('--model_fn', required=True, help='checkpoint written by train.py')
     p.add_argument('--what', nargs='+', choices=WHAT, default=None,
                    help='what to make (default: all that apply; boundary and manifold need a 2-d code): '
-                        'recon: test images and reconstructions (denoising models: noisy, denoised, clean too); latent: test codes by class; boundary: kNN '
+                        'recon: test images and reconstructions (denoising models: noisy, denoised, clean too); '
+                        'latent: test codes by class; boundary: kNN '
                         'decision regions in the code plane; manifold: images decoded from a grid over the code '
                         'plane; samples: generated images; interp: images between two codes; anomaly: per-image '
                         'scores, the most anomalous images and ROC AUC; metrics: metrics.json and a table beside '

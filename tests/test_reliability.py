@@ -108,7 +108,7 @@ def test_a_second_signal_during_a_save_exits_once_the_file_is_whole(tmp_path, ca
     # torch.save used to raise from its half-closed zip writer (exit 1 and a traceback).
     trainer = train.Trainer(None, None)
     model_fn = tmp_path / 'm.pth'
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
     try:
         with pytest.raises(SystemExit) as exit_:
             with train.stop_on_signals(trainer) as save_in_progress:
