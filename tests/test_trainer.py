@@ -1,7 +1,7 @@
 import torch
 import torch.nn as nn
 
-from trainer import Trainer, run_epoch
+from trainer import VALID_BATCH_SIZE, Trainer, run_epoch
 
 
 class ScalarModel(nn.Module):
@@ -56,6 +56,24 @@ def test_run_epoch_averages_per_image_over_uneven_batches():
     losses = run_epoch(MeanPixel(), images, batch_size=2)
     assert abs(losses['loss'] - .2) < 1e-6
     assert run_epoch(MeanPixel(), images, batch_size=2, indices=torch.tensor([4, 0]))['loss'] == .5
+
+
+def test_validation_runs_in_large_batches_whatever_the_training_batch_size():
+    class BatchSizes(ScalarModel):
+        def __init__(self):
+            super().__init__()
+            self.seen = {True: set(), False: set()}  # training -> the batch sizes it saw
+
+        def loss(self, x):
+            self.seen[self.training].add(len(x))
+            return super().loss(x)
+
+    model = BatchSizes()
+    images = torch.zeros(VALID_BATCH_SIZE + 8, 1, 1, dtype=torch.uint8)
+    train_idx, valid_idx = torch.arange(8), torch.arange(8, len(images))
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=.1), verbose=0).train(images, train_idx, valid_idx,
+                                                                                n_epochs=1, batch_size=4)
+    assert model.seen == {True: {4}, False: {VALID_BATCH_SIZE}}
 
 
 def test_training_lowers_the_loss_of_a_real_model():
