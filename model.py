@@ -31,14 +31,15 @@ class Block(nn.Module):
     """Linear -> ReLU -> BatchNorm1d, or Dropout when batch norm is off. Another activation,
     or another layer in place of the Linear (a tied Linear, a convolution), can be given."""
 
-    def __init__(self, input_size, output_size, use_batch_norm=True, dropout_p=.3, activation='relu', layer=None):
+    def __init__(self, input_size, output_size, use_batch_norm=True, dropout_p=.3, activation='relu', layer=None,
+                 bn_eps=1e-5):
         super().__init__()
         layer = layer or nn.Linear(input_size, output_size)
         batch_norm = nn.BatchNorm2d if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) else nn.BatchNorm1d
         self.block = nn.Sequential(
             layer,
             ACTIVATIONS[activation](),
-            batch_norm(output_size) if use_batch_norm else nn.Dropout(dropout_p),
+            batch_norm(output_size, eps=bn_eps) if use_batch_norm else nn.Dropout(dropout_p),
         )
 
     def forward(self, x):
@@ -281,7 +282,7 @@ def gaussian_kl(mu, logvar):
 
 # Flags added after the first checkpoints were written, with the values those were made with.
 DEFAULTS = dict(arch='mlp', activation='relu', tied=False, noise=None, noise_level=0., l1=0., sparsity=None,
-                sparsity_weight=1., kl_anneal=0)
+                sparsity_weight=1., kl_anneal=0, bn_eps=1e-5)
 
 
 def build_model(config, input_size=INPUT_SIZE):
@@ -290,7 +291,7 @@ def build_model(config, input_size=INPUT_SIZE):
     btl_size, variational = config['btl_size'], config['model'] == 'vae'
     encoder_out_size = 2 * btl_size if variational else btl_size
     block = dict(use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'],
-                 activation=config['activation'])
+                 activation=config['activation'], bn_eps=config['bn_eps'])
     if config['arch'] == 'conv':
         encoder, decoder = mirrored_convs(list(config['hidden_sizes'] or CONV_CHANNELS), btl_size, encoder_out_size,
                                           **block)

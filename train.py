@@ -44,6 +44,9 @@ def define_argparser():
                    help='Dropout after each ReLU instead of BatchNorm1d')
     g.add_argument('--dropout_p', type=float_in(0, 1, low_open=False), default=.3,
                    help='dropout probability in [0, 1), with --use_dropout (default: %(default)s)')
+    g.add_argument('--bn_eps', type=float_in(0, 1), default=1e-5,
+                   help="BatchNorm's eps, added to the variance it divides by; 1e-3 keeps a unit that never fired "
+                        'in training from blowing up an unusual image in eval mode (default: %(default)s)')
     g.add_argument('--loss', choices=['mse', 'bce'], default=None,
                    help='AutoEncoder reconstruction loss, summed over pixels (default: mse); '
                         'the VAE always uses Bernoulli BCE')

@@ -35,6 +35,8 @@ VARIANTS = {
     'lstm_vae': ['--arch', 'lstm', '--model', 'vae', '--hidden_sizes', '16'],
     'beta_vae_warmup': ['--model', 'vae', '--kl_weight', '4', '--kl_anneal', '2', '--hidden_sizes', '64'],
     'overcomplete_denoising': ['--btl_size', '800', '--noise', 'gaussian', '--hidden_sizes', '32'],
+    'bn_eps': ['--bn_eps', '1e-3', '--hidden_sizes', '64'],
+    'conv_bn_eps': ['--arch', 'conv', '--bn_eps', '1e-3', '--hidden_sizes', '4'],
 }
 
 
@@ -64,6 +66,31 @@ def test_variant_trains_and_reloads_in_predict(name, data_dir, tmp_path, capsys)
         assert 'train_l1' in checkpoint['history'][0] and 'test_l1' in metrics
     if '--sparsity' in VARIANTS[name]:
         assert 'train_sparsity' in checkpoint['history'][0] and 'test_sparsity' in metrics
+    if '--bn_eps' in VARIANTS[name]:
+        assert batch_norm_eps(build_model(checkpoint['config'])) == {1e-3}
+
+
+def batch_norm_eps(model):
+    return {m.eps for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))}
+
+
+def test_bn_eps_caps_what_a_unit_silent_in_training_gives_in_eval_and_old_checkpoints_keep_theirs():
+    config = dict(model='ae', hidden_sizes=[1], n_layers=1, btl_size=1, use_dropout=False, dropout_p=.3, loss='mse',
+                  kl_weight=1.)
+    assert batch_norm_eps(build_model(config)) == {1e-5}  # a checkpoint saved before --bn_eps existed
+    for eps in (1e-5, 1e-3):
+        block = build_model({**config, 'bn_eps': eps}, input_size=1).encoder[0]
+        linear, _, batch_norm = block.block
+        with torch.no_grad():
+            linear.weight.fill_(1.), linear.bias.fill_(-1.)  # ReLU(x - 1): silent for every x <= 1
+        batch_norm.momentum = None  # running statistics = the plain average over the training batches
+        block.train()
+        for _ in range(10):
+            block(torch.rand(64, 1))
+        block.eval()
+        # An unusual input fires the unit: eval mode divides by sqrt(running var (~0) + eps).
+        out = block(torch.tensor([[1.1]])).item()
+        assert abs(out - .1 / eps ** .5) < .01 * .1 / eps ** .5
 
 
 def parameter_count(capsys):
