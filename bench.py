@@ -1,7 +1,7 @@
 """Measures how fast this repository trains, against the machine's own matmul throughput.
 
     python bench.py            # prints a table and writes bench.json
-    python bench.py --recipes  # trains README's Results recipes (21 min here) and checks their targets
+    python bench.py --recipes  # trains README's Results recipes (24 min here) and checks their targets
 
 In one run, on the current machine: the fp32 matmul throughput on the layer shapes being
 trained; the Trainer's epoch time for the default AutoEncoder and for the 784-400-20 VAE, and
