@@ -41,7 +41,8 @@ VAE = dict(model='vae', hidden_sizes=[400], n_layers=1, btl_size=20, use_dropout
 # README "Results": name -> (train.py flags, what predict.py computes). Each runs on all of
 # Fashion-MNIST; the targets compare them with PCA, with the classic VAE and with 15 minutes.
 RECIPES = {
-    'ae2': ('--btl_size 2 --optimizer adamw --weight_decay 0.01 --bn_eps 1e-3 --n_epochs 170 --scheduler cosine', ['metrics']),
+    'ae2': ('--btl_size 2 --optimizer adamw --weight_decay 0.01 --bn_eps 1e-3 --n_epochs 170 --scheduler cosine',
+            ['metrics']),
     'ae30': ('--btl_size 30 --hidden_sizes 1000 500 250 --lr 3e-3 --n_epochs 40 --scheduler cosine', ['metrics']),
     'vae20': ('--model vae --btl_size 20 --hidden_sizes 1024 512 --n_epochs 50 --scheduler cosine', ['metrics']),
     'classic_vae20': ('--model vae --btl_size 20 --hidden_sizes 400 --use_dropout --dropout_p 0 --n_epochs 50',

@@ -23,6 +23,7 @@ LSTM_HIDDEN_SIZE = 128
 # unbounded head can extrapolate on an unusual image (a 2-d VAE gave one test image 25.4,
 # a KL of 5e10 nats that swamped the test mean).
 LOGVAR_MAX = 2.
+BN_EPS = 1e-5  # PyTorch's default; README "Results" (2-d AE) shows what --bn_eps 1e-3 changes
 ACTIVATIONS = {'relu': nn.ReLU, 'leaky_relu': nn.LeakyReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh,
                'sigmoid': nn.Sigmoid, 'none': nn.Identity}
 
@@ -32,7 +33,7 @@ class Block(nn.Module):
     or another layer in place of the Linear (a tied Linear, a convolution), can be given."""
 
     def __init__(self, input_size, output_size, use_batch_norm=True, dropout_p=.3, activation='relu', layer=None,
-                 bn_eps=1e-5):
+                 bn_eps=BN_EPS):
         super().__init__()
         layer = layer or nn.Linear(input_size, output_size)
         batch_norm = nn.BatchNorm2d if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) else nn.BatchNorm1d
@@ -282,7 +283,7 @@ def gaussian_kl(mu, logvar):
 
 # Flags added after the first checkpoints were written, with the values those were made with.
 DEFAULTS = dict(arch='mlp', activation='relu', tied=False, noise=None, noise_level=0., l1=0., sparsity=None,
-                sparsity_weight=1., kl_anneal=0, bn_eps=1e-5)
+                sparsity_weight=1., kl_anneal=0, bn_eps=BN_EPS)
 
 
 def build_model(config, input_size=INPUT_SIZE):

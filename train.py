@@ -9,7 +9,7 @@ import sys
 import torch
 
 from data_loader import DATASETS, load_dataset, select_labels, split_train_valid
-from model import ACTIVATIONS, INPUT_SIZE, build_model, model_from_checkpoint
+from model import ACTIVATIONS, BN_EPS, INPUT_SIZE, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer
 from utils import (ArgumentParser, CliError, check_writable, default_gpu_id, first_line, float_in, get_device,
                    int_at_least, load_checkpoint, run_cli, save_checkpoint, set_seed)
@@ -44,7 +44,7 @@ def define_argparser():
                    help='Dropout after each ReLU instead of BatchNorm1d')
     g.add_argument('--dropout_p', type=float_in(0, 1, low_open=False), default=.3,
                    help='dropout probability in [0, 1), with --use_dropout (default: %(default)s)')
-    g.add_argument('--bn_eps', type=float_in(0, 1), default=1e-5,
+    g.add_argument('--bn_eps', type=float_in(0, 1), default=BN_EPS,
                    help="BatchNorm's eps, added to the variance it divides by; 1e-3 keeps a unit that never fired "
                         'in training from blowing up an unusual image in eval mode (default: %(default)s)')
     g.add_argument('--loss', choices=['mse', 'bce'], default=None,
@@ -128,6 +128,8 @@ def incompatible_flags(c):
         return f'--tied needs --arch mlp: --arch {c.arch} has no Linear mirror to tie'
     if c.arch == 'lstm' and c.activation != 'relu':
         return '--activation does not apply to --arch lstm (an LSTM has its own gates)'
+    if c.bn_eps != BN_EPS and (c.use_dropout or c.arch == 'lstm'):
+        return f'--bn_eps applies to BatchNorm, which {"--use_dropout" if c.use_dropout else "--arch lstm"} has not'
     if c.noise in ('masking', 'salt_pepper') and c.noise_level > 1:
         return f'--noise_level {c.noise_level}: --noise {c.noise} takes a share of the pixels, in (0, 1]'
     if c.btl_size >= INPUT_SIZE and not (c.noise or c.l1 or c.sparsity):

@@ -201,6 +201,8 @@ def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
     (['--kl_anneal', '3'], '--kl_anneal applies to --model vae only'),
     (['--arch', 'conv', '--tied'], '--tied needs --arch mlp'),
     (['--arch', 'lstm', '--activation', 'tanh'], '--activation does not apply to --arch lstm'),
+    (['--use_dropout', '--bn_eps', '1e-3'], '--bn_eps applies to BatchNorm, which --use_dropout has not'),
+    (['--arch', 'lstm', '--bn_eps', '1e-3'], '--bn_eps applies to BatchNorm, which --arch lstm has not'),
     (['--noise', 'masking', '--noise_level', '1.5'], 'takes a share of the pixels'),
     (['--activation', 'swish'], "invalid choice: 'swish'"),
 ])

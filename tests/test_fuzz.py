@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import make_images
 from data_loader import DataError, idx_bytes, read_idx
-from model import ACTIVATIONS, build_model, model_from_checkpoint
+from model import ACTIVATIONS, BN_EPS, build_model, model_from_checkpoint
 from train import incompatible_flags
 from utils import CliError, load_checkpoint
 
@@ -38,6 +38,7 @@ def architectures(draw):
                   loss=draw(st.sampled_from(['mse', 'bce'])) if model == 'ae' else None,
                   l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
                   sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
+    config['bn_eps'] = BN_EPS if config['use_dropout'] or arch == 'lstm' else draw(st.sampled_from([BN_EPS, 1e-3]))
     assert incompatible_flags(argparse.Namespace(**config)) is None  # the draw keeps to the rules
     return config
 
