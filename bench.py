@@ -2,6 +2,7 @@
 
     python bench.py            # prints a table and writes bench.json
     python bench.py --recipes  # trains README's Results recipes (24 min here) and checks their targets
+    python bench.py --amp      # the same under bf16 autocast (train.py --amp)
 
 In one run, on the current machine: the fp32 matmul throughput on the layer shapes being
 trained; the Trainer's epoch time for the default AutoEncoder and for the 784-400-20 VAE, and
@@ -59,6 +60,9 @@ def define_argparser(argv=None):
                    help='epochs per timing; the first is warm-up and not counted (default: %(default)s)')
     p.add_argument('--batch_size', type=int_at_least(2), default=256, help='(default: %(default)s)')
     p.add_argument('--out', default='bench.json', help='where to write the results (default: %(default)s)')
+    p.add_argument('--amp', action='store_true',
+                   help='bf16 autocast, as train.py --amp: the matmul throughput in bf16, both training loops under '
+                        'autocast; with --recipes, every recipe trained with --amp')
     g = p.add_argument_group('quality recipes (README "Results")')
     g.add_argument('--recipes', action='store_true',
                    help=f'train and evaluate the recipes ({", ".join(RECIPES)}) instead of timing epochs')
@@ -93,13 +97,13 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_throughput(shapes, batch_size, device, rounds=5, min_seconds=.3):
+def matmul_throughput(shapes, batch_size, device, dtype, rounds=5, min_seconds=.3):
     """GFLOP/s of the three matrix products that training runs per Linear layer
     (forward x W^T, input gradient g W, weight gradient g^T x) at this batch size: the best
     of several rounds, as the peak that the training loop is measured against."""
     products = []
     for i, o in shapes:
-        x, w, g = (torch.randn(*s, device=device) for s in ((batch_size, i), (o, i), (batch_size, o)))
+        x, w, g = (torch.randn(*s, device=device, dtype=dtype) for s in ((batch_size, i), (o, i), (batch_size, o)))
         products += [(x, w.t()), (g, w), (g.t(), x)]
     flops = 3 * forward_flops(shapes) * batch_size
     for a, b in products:  # warm-up
@@ -117,14 +121,14 @@ def matmul_throughput(shapes, batch_size, device, rounds=5, min_seconds=.3):
     return best
 
 
-def time_trainer(config, images, batch_size, n_epochs, device):
+def time_trainer(config, images, batch_size, n_epochs, device, amp):
     """Seconds per epoch (train + validation) of this repository's Trainer, warm-up excluded."""
     set_seed(1)
     model = build_model(config).to(device)
     optimizer, _ = build_optimizer(model, config)  # as train.py makes it
     train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
     stamps = [time.perf_counter()]
-    Trainer(model, optimizer, verbose=0).train(images.to(device), train_idx.to(device), valid_idx.to(device),
+    Trainer(model, optimizer, verbose=0, amp=amp).train(images.to(device), train_idx.to(device), valid_idx.to(device),
                                               n_epochs, batch_size,
                                               on_epoch_end=lambda t: (synchronize(device),
                                                                       stamps.append(time.perf_counter())))
@@ -148,9 +152,13 @@ class ToTensorDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i], mode='L')), 0
 
 
-def time_dataloader(config, images, batch_size, n_epochs, device):
+def time_dataloader(config, images, batch_size, n_epochs, device, amp):
     """Seconds per epoch of the same model trained the common way, as the PyTorch VAE
     example does: a shuffled DataLoader that converts each image, then .to(device)."""
+    def loss(x):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return model.loss(x.view(len(x), -1).to(device))[0]
+
     set_seed(1)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # as the example makes it
@@ -162,14 +170,13 @@ def time_dataloader(config, images, batch_size, n_epochs, device):
         start = time.perf_counter()
         model.train()
         for x, _ in train_loader:
-            loss, _ = model.loss(x.view(len(x), -1).to(device))
             optimizer.zero_grad()
-            loss.backward()
+            loss(x).backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
             for x, _ in valid_loader:
-                model.loss(x.view(len(x), -1).to(device))
+                loss(x)
         synchronize(device)
         times.append(time.perf_counter() - start)
     return float(statistics.median(times[1:]))
@@ -202,7 +209,7 @@ finally:
 """
 
 
-def peak_training_memory_mb(images, n_images):
+def peak_training_memory_mb(images, n_images, amp):
     """Peak resident memory of `python train.py` (default AutoEncoder, one epoch, CPU) on the
     first n_images images, written as IDX files for it to read like any data set."""
     with tempfile.TemporaryDirectory() as folder:
@@ -211,11 +218,15 @@ def peak_training_memory_mb(images, n_images):
         train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
         result = subprocess.run([sys.executable, '-c', PEAK_RSS_OF_TRAIN_PY, train_py, '--model_fn',
                                  os.path.join(folder, 'm.pth'), '--data_dir', folder, '--btl_size', '2',
-                                 '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1'],
+                                 '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1', *amp_flag(amp)],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise CliError(f'train.py failed on {n_images} images: {last_line(result.stderr)}')
         return int(result.stdout.split('peak_rss_kb')[-1]) / 1024
+
+
+def amp_flag(amp):
+    return ['--amp'] if amp else []
 
 
 def run_script(script, *args):
@@ -238,7 +249,8 @@ def run_recipes(args):
     results = {}
     for name, (flags, what) in tqdm(RECIPES.items(), desc='recipes', unit='recipe'):
         model_fn = os.path.join(args.recipes_dir, name + '.pth')
-        flags = flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else [])
+        flags = (flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else [])
+                 + amp_flag(args.amp))
         start = time.perf_counter()
         run_script('train.py', '--model_fn', model_fn, '--dataset', 'fashion_mnist', '--data_dir', args.data_dir,
                    '--gpu_id', str(args.gpu_id), '--verbose', '0', *flags)
@@ -300,15 +312,17 @@ def main(argv=None):
     device = get_device(args.gpu_id)
     images, source = load_images(args.data_dir)
     device_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    print(f'bench.py on {device_name}, torch {torch.__version__}; data: {source}, {len(images)} images; '
+    precision = 'bf16 autocast (--amp)' if args.amp else 'fp32'
+    print(f'bench.py on {device_name}, torch {torch.__version__}; {precision}; data: {source}, {len(images)} images; '
           f'batch {args.batch_size}; median of {args.n_epochs - 1} epochs after one warm-up')
-    results = {'device': device_name, 'torch': torch.__version__, 'data': source, 'n_images': len(images),
-               'batch_size': args.batch_size, 'date': time.strftime('%Y-%m-%d')}
+    results = {'device': device_name, 'torch': torch.__version__, 'amp': args.amp, 'data': source,
+               'n_images': len(images), 'batch_size': args.batch_size, 'date': time.strftime('%Y-%m-%d')}
 
     for name, config in (('autoencoder', AE), ('vae_784_400_20', VAE)):
         shapes = linear_shapes(build_model(config))
-        peak = matmul_throughput(shapes, args.batch_size, device)
-        seconds, model, n_train, n_valid = time_trainer(config, images, args.batch_size, args.n_epochs, device)
+        peak = matmul_throughput(shapes, args.batch_size, device, torch.bfloat16 if args.amp else torch.float32)
+        seconds, model, n_train, n_valid = time_trainer(config, images, args.batch_size, args.n_epochs, device,
+                                                        args.amp)
         flops = 3 * forward_flops(shapes) * n_train + forward_flops(shapes) * n_valid
         achieved = flops / seconds / 1e9
         results[name] = {'layers': shapes, 'matmul_gflops': peak, 'epoch_seconds': seconds,
@@ -318,13 +332,13 @@ def main(argv=None):
               f'({n_train} train + {n_valid} valid images, {flops / 1e9:.0f} GFLOP) = {achieved:.1f} GFLOP/s, '
               f'{achieved / peak:.0%} of the matmul throughput', flush=True)
 
-    seconds = time_dataloader(VAE, images, args.batch_size, args.n_epochs, device)
+    seconds = time_dataloader(VAE, images, args.batch_size, args.n_epochs, device, args.amp)
     results['vae_784_400_20']['dataloader_epoch_seconds'] = seconds
     results['vae_784_400_20']['speedup_over_dataloader'] = seconds / results['vae_784_400_20']['epoch_seconds']
     print(f'vae_784_400_20 the DataLoader + ToTensor way: epoch {seconds:.2f} s', flush=True)
 
     if device.type == 'cpu':
-        results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n) for n in (len(images), 600)}
+        results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n, args.amp) for n in (len(images), 600)}
 
     print_table(results)
     with open(args.out, 'w') as f:
@@ -334,15 +348,20 @@ def main(argv=None):
 
 def print_table(r):
     ae, vae = r['autoencoder'], r['vae_784_400_20']
+    precision = 'bf16' if r['amp'] else 'fp32'
+
+    def target(text):  # the targets of issue 5 are set for the default fp32 training
+        return '' if r['amp'] else f' (target {text})'
+
     rows = [
-        ('matmul throughput on the AE layer shapes', f'{ae["matmul_gflops"]:.1f} GFLOP/s', ''),
-        ('AE epoch (Trainer)', f'{ae["epoch_seconds"]:.2f} s', f'{ae["share_of_matmul"]:.0%} of matmul (target >= 70%)'),
-        ('matmul throughput on the VAE layer shapes', f'{vae["matmul_gflops"]:.1f} GFLOP/s', ''),
+        (f'{precision} matmul throughput on the AE layer shapes', f'{ae["matmul_gflops"]:.1f} GFLOP/s', ''),
+        ('AE epoch (Trainer)', f'{ae["epoch_seconds"]:.2f} s', f'{ae["share_of_matmul"]:.0%} of matmul{target(">= 70%")}'),
+        (f'{precision} matmul throughput on the VAE layer shapes', f'{vae["matmul_gflops"]:.1f} GFLOP/s', ''),
         ('VAE epoch (Trainer)', f'{vae["epoch_seconds"]:.2f} s', f'{vae["share_of_matmul"]:.0%} of matmul'),
         ('VAE epoch (DataLoader + ToTensor)', f'{vae["dataloader_epoch_seconds"]:.2f} s',
-         f'Trainer is {vae["speedup_over_dataloader"]:.2f}x faster (target >= 3x)'),
-        ('AE inference, encode + decode', f'{ae["inference_images_per_s"]:,.0f} images/s', ''),
-        ('VAE inference, encode + decode', f'{vae["inference_images_per_s"]:,.0f} images/s', ''),
+         f'Trainer is {vae["speedup_over_dataloader"]:.2f}x faster{target(">= 3x")}'),
+        ('AE inference (fp32, as predict.py), encode + decode', f'{ae["inference_images_per_s"]:,.0f} images/s', ''),
+        ('VAE inference (fp32, as predict.py), encode + decode', f'{vae["inference_images_per_s"]:,.0f} images/s', ''),
     ]
     if 'peak_rss_mb' in r:
         big, small = (r['peak_rss_mb'][n] for n in sorted(r['peak_rss_mb'], reverse=True))

@@ -186,7 +186,7 @@ class AutoEncoder(Codec):
 
     def encode(self, x):
         # |x| = (batch_size, input_size)
-        z = self.encoder(x)
+        z = self.encoder(x).float()  # fp32 also under autocast (train.py --amp), for the penalties on it
         # |z| = (batch_size, btl_size)
         return torch.sigmoid(z) if self.sparsity else z
 
@@ -232,8 +232,9 @@ class VAE(Codec):
         self.kl_ramp = min(1., (epoch - 1) / self.kl_anneal) if self.kl_anneal else 1.
 
     def posterior(self, x):
-        # One head of 2 * btl_size outputs holds both mu and logvar.
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        # One head of 2 * btl_size outputs holds both mu and logvar; they are fp32 also under
+        # autocast (train.py --amp), where the networks run in bf16, for the KL and the sampling.
+        mu, logvar = self.encoder(x).float().chunk(2, dim=-1)
         # |mu| = |logvar| = (batch_size, btl_size)
         return mu, logvar.clamp(max=LOGVAR_MAX)
 

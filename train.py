@@ -2,6 +2,7 @@
 
     python train.py --model_fn ae.pth --btl_size 2
 """
+import argparse
 import contextlib
 import signal
 import sys
@@ -17,7 +18,7 @@ from utils import (ArgumentParser, CliError, check_writable, default_gpu_id, fir
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Flags that may be given with --resume: they do not change what is being trained.
-RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'gpu_id', 'data_dir', 'verbose'}
+RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'gpu_id', 'amp', 'data_dir', 'verbose'}
 
 
 def define_argparser():
@@ -90,6 +91,10 @@ def define_argparser():
                    help='(default: %(default)s)')
     g.add_argument('--scheduler', choices=['none', 'cosine'], default='none',
                    help='cosine: anneal the learning rate to 0 over --n_epochs (default: %(default)s)')
+    g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
+                   help='run the forward passes under bf16 autocast: faster matrix products where the hardware '
+                        'has bf16 units (Intel AMX, NVIDIA Ampere and later; python bench.py --amp measures it); '
+                        'weights, optimizer state and losses stay fp32 (default: off)')
     g.add_argument('--seed', type=int, default=1, help='seeds the split, the weights and the batches '
                                                        '(default: %(default)s)')
     g.add_argument('--verbose', type=int, choices=[0, 1, 2], default=1,
@@ -165,7 +170,8 @@ def resume_config(config, argv, parser):
     saved = checkpoint['config']
     if 'last' not in checkpoint:
         raise CliError(f'{config["model_fn"]}: holds no state to resume from')
-    resumed = {**saved, **{k: config[k] for k in given}}
+    # A flag newer than the checkpoint takes its default.
+    resumed = {**config, **saved, **{k: config[k] for k in given}}
     if resumed['scheduler'] != 'none' and resumed['n_epochs'] != saved['n_epochs']:
         raise CliError(f'--n_epochs: --scheduler {saved["scheduler"]} was planned over {saved["n_epochs"]} '
                        f'epochs and cannot be stretched on --resume')
@@ -243,7 +249,7 @@ def main(argv=None):
         print(optimizer)
         print(f'parameters: {sum(p.numel() for p in model.parameters()):,}')
 
-    trainer = Trainer(model, optimizer, scheduler, verbose=config['verbose'])
+    trainer = Trainer(model, optimizer, scheduler, verbose=config['verbose'], amp=config['amp'])
     if checkpoint is not None:
         try:
             trainer.load_state_dict(checkpoint)

@@ -15,10 +15,11 @@ class NonFiniteLoss(Exception):
     """The loss became nan or inf; training cannot go on from these weights."""
 
 
-def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=None, should_stop=None):
+def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=None, should_stop=None, amp=False):
     """One pass over images[indices] (uint8, on the model's device; all images when indices is
-    None): trains when an optimizer is given, else evaluates. Returns the mean loss and parts
-    per image as floats, or None when should_stop() turned true before the pass ended."""
+    None): trains when an optimizer is given, else evaluates. With amp the forward pass runs
+    under bf16 autocast. Returns the mean loss and parts per image as floats, or None when
+    should_stop() turned true before the pass ended."""
     training = optimizer is not None
     model.train(training)
     if indices is None:
@@ -32,7 +33,10 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
             x = to_input(images.index_select(0, idx))  # ten times faster than images[idx] on the CPU
             # |x| = (batch_size, 784)
-            loss, parts = model.loss(x)
+            # Autocast covers the forward pass only: it keeps bf16 copies of the weights for as
+            # long as it is on, so an update made inside it would not reach the next forward.
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, parts = model.loss(x)
             # Checked before the update, so the weights never take a nan step.
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f'loss is {loss.item()} at step {step}')
@@ -70,13 +74,17 @@ class Trainer:
     """Trains on shuffled mini-batches, validates after each epoch, and keeps the weights of
     the epoch with the lowest valid loss, which it restores at the end.
 
+    With amp, the forward passes (training and validation) run under bf16 autocast; the
+    weights, the gradients, the optimizer state and the losses stay fp32.
+
     After every epoch it calls on_epoch_end(trainer), where train.py saves a checkpoint.
     Setting stop_requested (from a signal handler) ends training after the current step;
     the unfinished epoch is dropped, so what was saved last is a clean point to resume from.
     """
 
-    def __init__(self, model, optimizer, scheduler=None, verbose=1):
+    def __init__(self, model, optimizer, scheduler=None, verbose=1, amp=False):
         self.model = model
+        self.amp = amp
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.verbose = verbose
@@ -111,10 +119,10 @@ class Trainer:
         with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=self.verbose < 2,
                   dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
-                              should_stop=lambda: self.stop_requested)
+                              should_stop=lambda: self.stop_requested, amp=self.amp)
         if train is None:
             return False
-        valid = run_epoch(self.model, images, VALID_BATCH_SIZE, valid_indices)
+        valid = run_epoch(self.model, images, VALID_BATCH_SIZE, valid_indices, amp=self.amp)
         lr = self.optimizer.param_groups[0]['lr']
         if self.scheduler is not None:
             self.scheduler.step()

@@ -1,7 +1,7 @@
 """Property-based tests: random valid architectures (every --model, --arch, --n_layers,
---hidden_sizes, --btl_size, --use_dropout, --tied, --activation, with the regularizers) train
-a step; random and mutated bytes given to the IDX reader and to checkpoint loading fail only
-with the project's own errors."""
+--hidden_sizes, --btl_size, --use_dropout, --tied, --activation, with the regularizers, with
+and without bf16 autocast) train a step; random and mutated bytes given to the IDX reader and
+to checkpoint loading fail only with the project's own errors."""
 import argparse
 import gzip
 import os
@@ -44,12 +44,15 @@ def architectures(draw):
 
 
 @FUZZ
-@given(config=architectures(), batch_size=st.integers(2, 9))
-def test_any_valid_architecture_builds_and_trains_a_step(config, batch_size):
+@given(config=architectures(), batch_size=st.integers(2, 9), amp=st.booleans())
+def test_any_valid_architecture_builds_and_trains_a_step(config, batch_size, amp):
     model = build_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(batch_size, 784)
-    loss, parts = model.loss(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):  # as the Trainer runs train.py --amp
+        loss, parts = model.loss(x)
+    # Under autocast too, the networks' bf16 outputs are turned into fp32 losses.
+    assert all(v.dtype == torch.float32 for v in [loss, *parts.values()])
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
     optimizer.zero_grad()
     loss.backward()

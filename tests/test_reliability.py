@@ -29,7 +29,7 @@ def assert_same_run(a, b):
     assert a['history'] == b['history']
 
 
-@pytest.mark.parametrize('flags', [['--model', 'ae', '--use_dropout'], ['--model', 'vae']])
+@pytest.mark.parametrize('flags', [['--model', 'ae', '--use_dropout'], ['--model', 'vae'], ['--model', 'ae', '--amp']])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(flags, data_dir, tmp_path):
     common = ['--data_dir', data_dir, '--btl_size', '3', '--gpu_id', '-1', '--hidden_sizes', '64', '32',
               '--batch_size', '32']
@@ -38,6 +38,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(flags, data_dir, 
     train_in_process('--model_fn', part, *common, *flags, '--n_epochs', '2')
     resumed = train_in_process('--model_fn', part, '--resume', '--n_epochs', '4')
     assert_same_run(whole, resumed)
+
+
+def test_resume_may_switch_amp_and_takes_defaults_for_flags_newer_than_the_checkpoint(data_dir, tmp_path):
+    model_fn = str(tmp_path / 'm.pth')
+    train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')
+    saved = torch.load(model_fn, weights_only=True)
+    assert saved['config']['amp'] is False
+    del saved['config']['amp']  # as a checkpoint from before --amp holds it
+    torch.save(saved, model_fn)
+    resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '2')
+    assert resumed['config']['amp'] is False and len(resumed['history']) == 2
+    resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--amp')
+    assert resumed['config']['amp'] is True and len(resumed['history']) == 3
 
 
 def test_same_seed_same_weights_other_seed_other_weights(data_dir, tmp_path):

@@ -89,3 +89,23 @@ def test_training_lowers_the_loss_of_a_real_model():
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert set(history[0]) == {'epoch', 'lr', 'train_loss', 'train_recon', 'train_kl',
                                'valid_loss', 'valid_recon', 'valid_kl'}
+
+
+def test_amp_trains_like_fp32_and_reports_fp32_losses():
+    """bf16 autocast changes the arithmetic, not the training: every update must reach the
+    next forward pass (autocast keeps bf16 copies of the weights while it is on)."""
+    from conftest import make_images
+    from model import build_model
+    images = torch.from_numpy(make_images(256, seed=0)[0])
+    config = dict(model='ae', hidden_sizes=[128, 32], n_layers=2, btl_size=4, use_dropout=False, dropout_p=.3,
+                  loss='mse', kl_weight=1.)
+    histories = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = build_model(config)
+        trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=3e-3), verbose=0, amp=amp)
+        assert trainer.train(images, torch.arange(192), torch.arange(192, 256), n_epochs=6, batch_size=32)
+        histories[amp] = [h['valid_loss'] for h in trainer.history]
+    fp32, bf16 = histories[False], histories[True]
+    assert bf16[-1] < bf16[0] / 2
+    assert all(abs(a - b) < .15 * a for a, b in zip(fp32, bf16)), (fp32, bf16)
