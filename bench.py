@@ -128,10 +128,9 @@ def time_trainer(config, images, batch_size, n_epochs, device, amp):
     optimizer, _ = build_optimizer(model, config)  # as train.py makes it
     train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
     stamps = [time.perf_counter()]
-    Trainer(model, optimizer, verbose=0, amp=amp).train(images.to(device), train_idx.to(device), valid_idx.to(device),
-                                              n_epochs, batch_size,
-                                              on_epoch_end=lambda t: (synchronize(device),
-                                                                      stamps.append(time.perf_counter())))
+    trainer = Trainer(model, optimizer, verbose=0, amp=amp)
+    trainer.train(images.to(device), train_idx.to(device), valid_idx.to(device), n_epochs, batch_size,
+                  on_epoch_end=lambda t: (synchronize(device), stamps.append(time.perf_counter())))
     times = np.diff(stamps)[1:]
     return float(statistics.median(times)), model, len(train_idx), len(valid_idx)
 

@@ -68,13 +68,15 @@ def test_recipes_train_and_evaluate_through_the_real_scripts(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
     recipes_dir = tmp_path / 'recipes'
-    bench.main(['--recipes', '--recipe_epochs', '1', '--data_dir', str(data_dir), '--recipes_dir', str(recipes_dir)])
+    # CI runs the recipes in fp32; this test runs them with --amp
+    bench.main(['--recipes', '--recipe_epochs', '1', '--amp', '--data_dir', str(data_dir),
+                '--recipes_dir', str(recipes_dir)])
     with open(recipes_dir / 'recipes.json') as f:
         results = json.load(f)
     assert list(results) == list(bench.RECIPES)
     for name, result in results.items():
         own_classes = 4 if name == 'anomaly' else 10  # its metrics cover the classes it was trained on
-        assert result['train_flags'].endswith('--n_epochs 1') and result['n_test'] == 6 * own_classes
+        assert result['train_flags'].endswith('--n_epochs 1 --amp') and result['n_test'] == 6 * own_classes
         assert (recipes_dir / f'{name}.pth').is_file()
     assert 'anomaly_roc_auc' in results['anomaly'] and 'iwae_nll' in results['vae20']
     out = capsys.readouterr().out
