@@ -29,7 +29,7 @@ from tqdm import tqdm
 from data_loader import DataError, load_dataset, split_train_valid, write_idx
 from model import build_model
 from train import build_optimizer
-from trainer import Trainer
+from trainer import AMP_DTYPE, Trainer, forward_precision
 from utils import ArgumentParser, CliError, get_device, int_at_least, run_cli, set_seed
 
 TRAINING = dict(optimizer='adam', lr=1e-3, weight_decay=0., scheduler='none', n_epochs=1)
@@ -154,13 +154,14 @@ class ToTensorDataset(torch.utils.data.Dataset):
 def time_dataloader(config, images, batch_size, n_epochs, device, amp):
     """Seconds per epoch of the same model trained the common way, as the PyTorch VAE
     example does: a shuffled DataLoader that converts each image, then .to(device)."""
-    def loss(x):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return model.loss(x.view(len(x), -1).to(device))[0]
-
     set_seed(1)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # as the example makes it
+
+    def loss(x):
+        with forward_precision(device.type, amp):
+            return model.loss(x.view(len(x), -1).to(device))[0]
+
     train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
     train_loader = torch.utils.data.DataLoader(ToTensorDataset(images[train_idx]), batch_size, shuffle=True)
     valid_loader = torch.utils.data.DataLoader(ToTensorDataset(images[valid_idx]), batch_size)
@@ -319,7 +320,7 @@ def main(argv=None):
 
     for name, config in (('autoencoder', AE), ('vae_784_400_20', VAE)):
         shapes = linear_shapes(build_model(config))
-        peak = matmul_throughput(shapes, args.batch_size, device, torch.bfloat16 if args.amp else torch.float32)
+        peak = matmul_throughput(shapes, args.batch_size, device, AMP_DTYPE if args.amp else torch.float32)
         seconds, model, n_train, n_valid = time_trainer(config, images, args.batch_size, args.n_epochs, device,
                                                         args.amp)
         flops = 3 * forward_flops(shapes) * n_train + forward_flops(shapes) * n_valid
@@ -354,7 +355,8 @@ def print_table(r):
 
     rows = [
         (f'{precision} matmul throughput on the AE layer shapes', f'{ae["matmul_gflops"]:.1f} GFLOP/s', ''),
-        ('AE epoch (Trainer)', f'{ae["epoch_seconds"]:.2f} s', f'{ae["share_of_matmul"]:.0%} of matmul{target(">= 70%")}'),
+        ('AE epoch (Trainer)', f'{ae["epoch_seconds"]:.2f} s',
+         f'{ae["share_of_matmul"]:.0%} of matmul{target(">= 70%")}'),
         (f'{precision} matmul throughput on the VAE layer shapes', f'{vae["matmul_gflops"]:.1f} GFLOP/s', ''),
         ('VAE epoch (Trainer)', f'{vae["epoch_seconds"]:.2f} s', f'{vae["share_of_matmul"]:.0%} of matmul'),
         ('VAE epoch (DataLoader + ToTensor)', f'{vae["dataloader_epoch_seconds"]:.2f} s',

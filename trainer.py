@@ -11,6 +11,16 @@ from data_loader import to_input
 VALID_BATCH_SIZE = 1024
 
 
+AMP_DTYPE = torch.bfloat16  # train.py --amp: no loss scaling needed, unlike float16
+
+
+def forward_precision(device_type, amp):
+    """The context for a forward pass: autocast to AMP_DTYPE when amp is on, else fp32.
+    It must cover the forward pass only: autocast keeps its copies of the weights for as long
+    as it is on, so an update made inside it would not reach the next forward."""
+    return torch.autocast(device_type, dtype=AMP_DTYPE, enabled=amp)
+
+
 class NonFiniteLoss(Exception):
     """The loss became nan or inf; training cannot go on from these weights."""
 
@@ -33,9 +43,7 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
             x = to_input(images.index_select(0, idx))  # ten times faster than images[idx] on the CPU
             # |x| = (batch_size, 784)
-            # Autocast covers the forward pass only: it keeps bf16 copies of the weights for as
-            # long as it is on, so an update made inside it would not reach the next forward.
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            with forward_precision(images.device.type, amp):
                 loss, parts = model.loss(x)
             # Checked before the update, so the weights never take a nan step.
             if not torch.isfinite(loss):

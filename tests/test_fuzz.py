@@ -15,6 +15,7 @@ from conftest import make_images
 from data_loader import DataError, idx_bytes, read_idx
 from model import ACTIVATIONS, BN_EPS, build_model, model_from_checkpoint
 from train import incompatible_flags
+from trainer import forward_precision
 from utils import CliError, load_checkpoint
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -49,7 +50,7 @@ def test_any_valid_architecture_builds_and_trains_a_step(config, batch_size, amp
     model = build_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.rand(batch_size, 784)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):  # as the Trainer runs train.py --amp
+    with forward_precision('cpu', amp):  # as the Trainer runs train.py --amp
         loss, parts = model.loss(x)
     # Under autocast too, the networks' bf16 outputs are turned into fp32 losses.
     assert all(v.dtype == torch.float32 for v in [loss, *parts.values()])
