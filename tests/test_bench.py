@@ -29,8 +29,8 @@ def test_the_dataloader_baseline_trains_on_the_same_inputs():
 def test_timers_run_on_a_small_data_set():
     images = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8)
     cpu = torch.device('cpu')
-    for amp in (False, True):
-        seconds, model, n_train, n_valid = bench.time_trainer(bench.VAE, images, 64, 3, cpu, amp)
+    for amp, compile in ((False, False), (True, False), (False, True)):
+        seconds, model, n_train, n_valid = bench.time_trainer(bench.VAE, images, 64, 3, cpu, amp, compile)
         assert seconds > 0 and (n_train, n_valid) == (240, 60)
         assert bench.time_dataloader(bench.VAE, images, 64, 2, cpu, amp) > 0
         assert bench.inference_throughput(model, images, cpu, min_seconds=.01) > 0
@@ -40,7 +40,7 @@ def test_timers_run_on_a_small_data_set():
 
 def test_peak_memory_of_a_real_train_py_run():
     images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
-    assert 50 < bench.peak_training_memory_mb(images, 100, amp=False) < 5000
+    assert 50 < bench.peak_training_memory_mb(images, 100, speed_flags=[]) < 5000
 
 
 def recipe_result(**metrics):

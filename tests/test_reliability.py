@@ -1,5 +1,6 @@
 """Interrupted runs, resume, non-finite losses, determinism and unwritable outputs."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import torch
 import predict
 import train
 from test_cli import TINY, expect_usage_error, run_script
+from test_trainer import ScalarModel
 from utils import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,17 +42,24 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(flags, data_dir, 
     assert_same_run(whole, resumed)
 
 
-def test_resume_may_switch_amp_and_takes_defaults_for_flags_newer_than_the_checkpoint(data_dir, tmp_path):
+def test_resume_may_switch_amp_and_compile_and_takes_defaults_for_flags_newer_than_the_checkpoint(data_dir, tmp_path):
     model_fn = str(tmp_path / 'm.pth')
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')
     saved = torch.load(model_fn, weights_only=True)
     assert saved['config']['amp'] is False
-    del saved['config']['amp']  # as a checkpoint from before --amp holds it
+    del saved['config']['amp'], saved['config']['compile']  # as a checkpoint from before them holds it
     torch.save(saved, model_fn)
     resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '2')
-    assert resumed['config']['amp'] is False and len(resumed['history']) == 2
-    resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--amp')
-    assert resumed['config']['amp'] is True and len(resumed['history']) == 3
+    assert resumed['config']['amp'] is False and resumed['config']['compile'] is False
+    assert len(resumed['history']) == 2
+    eager_fn = str(tmp_path / 'eager.pth')
+    shutil.copy(model_fn, eager_fn)
+    resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--amp', '--compile')
+    assert resumed['config']['amp'] is True and resumed['config']['compile'] is True
+    assert len(resumed['history']) == 3
+    eager = train_in_process('--model_fn', eager_fn, '--resume', '--n_epochs', '3', '--amp')
+    # The compiled epoch did the same training; only the order of the bf16 operations differs.
+    assert resumed['history'][-1]['valid_loss'] == pytest.approx(eager['history'][-1]['valid_loss'], rel=.02)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(data_dir, tmp_path):
@@ -119,7 +128,7 @@ def test_a_second_interrupt_exits_at_once_and_leaves_a_whole_file(data_dir, tmp_
 def test_a_second_signal_during_a_save_exits_once_the_file_is_whole(tmp_path, capsys):
     # A stop was requested; the second SIGINT lands inside a save. Exiting from within
     # torch.save used to raise from its half-closed zip writer (exit 1 and a traceback).
-    trainer = train.Trainer(None, None)
+    trainer = train.Trainer(ScalarModel(), None)
     model_fn = tmp_path / 'm.pth'
     handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
     try:

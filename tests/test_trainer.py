@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -91,21 +92,32 @@ def test_training_lowers_the_loss_of_a_real_model():
                                'valid_loss', 'valid_recon', 'valid_kl'}
 
 
-def test_amp_trains_like_fp32_and_reports_fp32_losses():
-    """bf16 autocast changes the arithmetic, not the training: every update must reach the
-    next forward pass (autocast keeps bf16 copies of the weights while it is on)."""
+def valid_losses_of_a_small_ae(n_epochs, batch_size, **trainer_flags):
+    """Trains a small AE (no random numbers in its loss) from the same seed on the same
+    batches; trainer_flags switch the Trainer's amp or compile."""
     from conftest import make_images
     from model import build_model
     images = torch.from_numpy(make_images(256, seed=0)[0])
     config = dict(model='ae', hidden_sizes=[128, 32], n_layers=2, btl_size=4, use_dropout=False, dropout_p=.3,
                   loss='mse', kl_weight=1.)
-    histories = {}
-    for amp in (False, True):
-        torch.manual_seed(0)
-        model = build_model(config)
-        trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=3e-3), verbose=0, amp=amp)
-        assert trainer.train(images, torch.arange(192), torch.arange(192, 256), n_epochs=6, batch_size=32)
-        histories[amp] = [h['valid_loss'] for h in trainer.history]
-    fp32, bf16 = histories[False], histories[True]
+    torch.manual_seed(0)
+    model = build_model(config)
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=3e-3), verbose=0, **trainer_flags)
+    assert trainer.train(images, torch.arange(192), torch.arange(192, 256), n_epochs=n_epochs, batch_size=batch_size)
+    return [h['valid_loss'] for h in trainer.history]
+
+
+def test_amp_trains_like_fp32_and_reports_fp32_losses():
+    """bf16 autocast changes the arithmetic, not the training: every update must reach the
+    next forward pass (autocast keeps bf16 copies of the weights while it is on)."""
+    fp32, bf16 = (valid_losses_of_a_small_ae(6, 32, amp=amp) for amp in (False, True))
     assert bf16[-1] < bf16[0] / 2
     assert all(abs(a - b) < .15 * a for a, b in zip(fp32, bf16)), (fp32, bf16)
+
+
+def test_compiled_loss_trains_like_the_eager_one():
+    """train.py --compile: the same model and batches, the loss through torch.compile."""
+    eager, compiled = (valid_losses_of_a_small_ae(3, 64, compile=compile) for compile in (False, True))
+    assert compiled[-1] < compiled[0]
+    # Only the order of the floating-point operations differs: the losses agree closely.
+    assert compiled == pytest.approx(eager, rel=1e-3)
