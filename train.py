@@ -253,6 +253,8 @@ def main(argv=None):
         print(model)
         print(optimizer)
         print(f'parameters: {sum(p.numel() for p in model.parameters()):,}')
+        if config['compile']:
+            print('--compile: the first epoch compiles the loss (up to a minute); the epochs after it run faster')
 
     trainer = Trainer(model, optimizer, scheduler, verbose=config['verbose'], amp=config['amp'],
                       compile=config['compile'])
@@ -274,6 +276,13 @@ def main(argv=None):
                                      config['n_epochs'], config['batch_size'], on_epoch_end=save)
     except NonFiniteLoss as e:
         print(f'train.py: stopped: {e}; {saved_so_far(trainer, config)}', file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:
+        # torch._dynamo is tested for only with --compile, which has imported it (1.5 s otherwise).
+        if not (config['compile'] and isinstance(e, torch._dynamo.exc.TorchDynamoException)):
+            raise
+        print(f'train.py: stopped: --compile: torch.compile failed ({first_line(e)}); train without --compile; '
+              f'{saved_so_far(trainer, config)}', file=sys.stderr)
         sys.exit(1)
     if not finished:
         print(f'train.py: {signal.Signals(trainer.stop_requested).name} in epoch {len(trainer.history) + 1}: '

@@ -158,6 +158,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     assert model_fn.read_bytes() == good
 
 
+def test_a_failing_compile_stops_with_one_line(data_dir, tmp_path):
+    """--compile where torch.compile cannot work: on the CPU it needs a C++ compiler."""
+    env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'), 'TORCHINDUCTOR_FX_GRAPH_CACHE': '0',
+           'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'cache')}  # no compiled code from other tests
+    model_fn = tmp_path / 'm.pth'
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--model_fn', str(model_fn),
+                             '--data_dir', data_dir, *TINY, '--compile'], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('train.py: stopped: --compile: torch.compile failed (')
+    assert not model_fn.exists()
+
+
 @pytest.mark.parametrize('flags, match', [
     (['--btl_size', '4'], '--btl_size would change the run'),
     (['--lr', '0.1'], '--lr would change the run'),
