@@ -98,7 +98,7 @@ def define_argparser():
                         'weights, optimizer state and losses stay fp32 (default: off)')
     g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
                    help='torch.compile the loss, forward and backward, replayed as CUDA graphs on a GPU: on an H100 '
-                        'an epoch of the default AE is about 1.5x faster, after 6-40 s of compiling in the first '
+                        'an epoch of the default AE is about 1.5x faster, after 5-40 s of compiling in the first '
                         'epoch; on the CPU no faster (default: off)')
     g.add_argument('--seed', type=int, default=1, help='seeds the split, the weights and the batches '
                                                        '(default: %(default)s)')
