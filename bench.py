@@ -206,8 +206,9 @@ def inference_throughput(model, images, device, batch_size=1024, min_seconds=1.)
 # Runs train.py and reports its peak resident memory from /proc (Linux). ru_maxrss of a child
 # would not do: it starts from the memory of the process that forked it, this one.
 PEAK_RSS_OF_TRAIN_PY = """
-import runpy, sys
+import os, runpy, sys
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python train.py` does, from any folder
 try:
     runpy.run_path(sys.argv[0], run_name='__main__')
 finally:

@@ -38,7 +38,8 @@ def test_timers_run_on_a_small_data_set():
         assert bench.matmul_throughput([(784, 40)], 64, cpu, dtype, rounds=1, min_seconds=.01) > 0
 
 
-def test_peak_memory_of_a_real_train_py_run():
+def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # bench.py may be run from any folder
     images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
     assert 50 < bench.peak_training_memory_mb(images, 100, speed_flags=[]) < 5000
 
