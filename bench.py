@@ -320,14 +320,15 @@ def main(argv=None):
         return
     device = get_device(args.gpu_id)
     images, source = load_images(args.data_dir)
-    device_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                   else f'CPU, {torch.get_num_threads()} threads')
     precision = 'bf16 autocast (--amp)' if args.amp else 'fp32'
     print(f'bench.py on {device_name}, torch {torch.__version__}; {precision}{", compiled" * args.compile}; '
           f'data: {source}, {len(images)} images; batch {args.batch_size}; '
           f'median of {args.n_epochs - 1} epochs after one warm-up')
     results = {'device': device_name, 'torch': torch.__version__, 'amp': args.amp, 'compile': args.compile,
-               'data': source,
-               'n_images': len(images), 'batch_size': args.batch_size, 'date': time.strftime('%Y-%m-%d')}
+               'data': source, 'n_images': len(images), 'batch_size': args.batch_size,
+               'date': time.strftime('%Y-%m-%d')}
 
     for name, config in (('autoencoder', AE), ('vae_784_400_20', VAE)):
         shapes = linear_shapes(build_model(config))
@@ -349,7 +350,8 @@ def main(argv=None):
     print(f'vae_784_400_20 the DataLoader + ToTensor way: epoch {seconds:.2f} s', flush=True)
 
     if device.type == 'cpu':
-        results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n, speed_flags(args)) for n in (len(images), 600)}
+        results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n, speed_flags(args))
+                                  for n in (len(images), 600)}
 
     print_table(results)
     with open(args.out, 'w') as f:
