@@ -217,16 +217,17 @@ finally:
 """
 
 
-def peak_training_memory_mb(images, n_images, speed_flags):
-    """Peak resident memory of `python train.py` (default AutoEncoder, one epoch, CPU) on the
-    first n_images images, written as IDX files for it to read like any data set."""
+def peak_training_memory_mb(images, n_images, train_flags):
+    """Peak resident memory of `python train.py` (default AutoEncoder, one epoch, CPU, with
+    train_flags added) on the first n_images images, written as IDX files for it to read like
+    any data set."""
     with tempfile.TemporaryDirectory() as folder:
         write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:n_images].numpy())
         write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(n_images))
         train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
         result = subprocess.run([sys.executable, '-c', PEAK_RSS_OF_TRAIN_PY, train_py, '--model_fn',
                                  os.path.join(folder, 'm.pth'), '--data_dir', folder, '--btl_size', '2',
-                                 '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1', *speed_flags],
+                                 '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1', *train_flags],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise CliError(f'train.py failed on {n_images} images: {last_line(result.stderr)}')

@@ -41,7 +41,7 @@ def test_timers_run_on_a_small_data_set():
 def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # bench.py may be run from any folder
     images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
-    assert 50 < bench.peak_training_memory_mb(images, 100, speed_flags=[]) < 5000
+    assert 50 < bench.peak_training_memory_mb(images, 100, train_flags=[]) < 5000
 
 
 def recipe_result(**metrics):

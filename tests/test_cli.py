@@ -18,9 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--hidden_sizes', '64', '32', '--n_epochs', '3', '--batch_size', '64', '--gpu_id', '-1']
 
 
-def run_script(script, *args):
+def run_script(script, *args, env=None):
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+                          cwd=ROOT, timeout=300, env=env)
 
 
 def printed_losses(stdout, prefix):

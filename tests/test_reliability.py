@@ -163,9 +163,7 @@ def test_a_failing_compile_stops_with_one_line(data_dir, tmp_path):
     env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'), 'TORCHINDUCTOR_FX_GRAPH_CACHE': '0',
            'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'cache')}  # no compiled code from other tests
     model_fn = tmp_path / 'm.pth'
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--model_fn', str(model_fn),
-                             '--data_dir', data_dir, *TINY, '--compile'], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = run_script('train.py', '--model_fn', str(model_fn), '--data_dir', data_dir, *TINY, '--compile', env=env)
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith('train.py: stopped: --compile: torch.compile failed (')
