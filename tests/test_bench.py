@@ -15,6 +15,8 @@ def test_flops_come_from_the_layer_shapes():
     shapes = bench.linear_shapes(build_model(bench.VAE))
     assert shapes == [(784, 400), (400, 40), (20, 400), (400, 784)]  # mu and logvar share one head
     assert bench.forward_flops(shapes) == 2 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
+    # a training step runs every product three times, except the images' gradient
+    assert bench.training_flops(shapes) == 3 * bench.forward_flops(shapes) - 2 * 784 * 400
 
 
 def test_the_dataloader_baseline_trains_on_the_same_inputs():
@@ -42,6 +44,24 @@ def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # bench.py may be run from any folder
     images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
     assert 50 < bench.peak_training_memory_mb(images, 100, train_flags=[]) < 5000
+
+
+def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
+    data_dir = tmp_path / 'data'
+    write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=600, n_test=10)
+    bench.main(['--data_dir', str(data_dir), '--n_epochs', '2', '--out', str(tmp_path / 'bench.json')])
+    with open(tmp_path / 'bench.json') as f:
+        results = json.load(f)
+    assert results['data'] == 'Fashion-MNIST' and results['n_images'] == 600
+    for name in ('autoencoder', 'vae_784_400_20'):
+        r = results[name]
+        assert r['epoch_seconds'] > 0 and r['share_of_matmul'] == r['achieved_gflops'] / r['matmul_gflops']
+        # issue 5's measure also counts the images' gradient, which training never computes
+        assert r['share_of_matmul_run'] < r['share_of_matmul']
+    assert results['vae_784_400_20']['speedup_over_dataloader'] > 0 and list(results['peak_rss_mb']) == ['600', '6']
+    out = capsys.readouterr().out
+    assert 'of matmul (target >= 70%); ' in out and 'by the products run' in out and 'x faster (target >= 3x)' in out
+    assert 'train.py peak RSS, 600 / 6 images' in out
 
 
 def recipe_result(**metrics):
