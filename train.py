@@ -21,14 +21,18 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'gpu_id', 'amp', 'compile', 'data_dir', 'verbose'}
 
 
+def resumable_flags():
+    return ', '.join('--' + f for f in sorted(RESUMABLE_FLAGS))
+
+
 def define_argparser():
     p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
     p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
     p.add_argument('--gpu_id', type=int, default=default_gpu_id(),
                    help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
     p.add_argument('--resume', action='store_true',
-                   help='continue the run saved in --model_fn with its saved flags; only --n_epochs, --gpu_id, '
-                        '--data_dir and --verbose may be given with it')
+                   help=f'continue the run saved in --model_fn with its saved flags; only these may be given '
+                        f'with it: {resumable_flags()}')
 
     g = p.add_argument_group('model')
     g.add_argument('--model', choices=['ae', 'vae'], default='ae',
@@ -165,7 +169,7 @@ def check_resume_flags(argv, parser):
     refused = sorted(given - RESUMABLE_FLAGS)
     if refused:
         raise CliError(f'--resume continues with the flags saved in the checkpoint; --{refused[0]} would change '
-                       f'the run (allowed with --resume: {", ".join("--" + f for f in sorted(RESUMABLE_FLAGS))})')
+                       f'the run (allowed with --resume: {resumable_flags()})')
     return given
 
 

@@ -146,6 +146,15 @@ def test_train_bad_input(flags, match, data_dir, tmp_path, capsys, monkeypatch):
     assert model_fn.read_bytes() == b'an earlier checkpoint'
 
 
+def test_help_names_every_flag_that_resume_allows(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(['--help'])
+    assert e.value.code == 0
+    help_text = ' '.join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f'only these may be given with it: {train.resumable_flags()}' in help_text
+    assert '--amp' in train.resumable_flags() and '--compile' in train.resumable_flags()
+
+
 def test_train_refuses_an_unwritable_model_fn(data_dir, tmp_path, capsys):
     expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'no' / 'such' / 'x.pth'),
                                                 '--data_dir', data_dir], capsys, 'does not exist')
