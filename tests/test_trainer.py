@@ -92,16 +92,19 @@ def test_training_lowers_the_loss_of_a_real_model():
                                'valid_loss', 'valid_recon', 'valid_kl'}
 
 
+# A small AE: no random numbers in its loss, so runs from the same seed take the same steps.
+SMALL_AE = dict(model='ae', hidden_sizes=[128, 32], n_layers=2, btl_size=4, use_dropout=False, dropout_p=.3,
+                loss='mse', kl_weight=1.)
+
+
 def valid_losses_of_a_small_ae(n_epochs, batch_size, **trainer_flags):
-    """Trains a small AE (no random numbers in its loss) from the same seed on the same
-    batches; trainer_flags switch the Trainer's amp or compile."""
+    """Trains SMALL_AE from the same seed on the same batches; trainer_flags switch the
+    Trainer's amp or compile."""
     from conftest import make_images
     from model import build_model
     images = torch.from_numpy(make_images(256, seed=0)[0])
-    config = dict(model='ae', hidden_sizes=[128, 32], n_layers=2, btl_size=4, use_dropout=False, dropout_p=.3,
-                  loss='mse', kl_weight=1.)
     torch.manual_seed(0)
-    model = build_model(config)
+    model = build_model(SMALL_AE)
     trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=3e-3), verbose=0, **trainer_flags)
     assert trainer.train(images, torch.arange(192), torch.arange(192, 256), n_epochs=n_epochs, batch_size=batch_size)
     return [h['valid_loss'] for h in trainer.history]
@@ -130,9 +133,7 @@ def test_the_compiled_loss_keeps_a_graph_for_each_batch_size():
     from torch._dynamo.utils import counters
     from model import build_model
     torch.compiler.reset()
-    model = build_model(dict(model='ae', hidden_sizes=[32], n_layers=1, btl_size=2, use_dropout=False,
-                             dropout_p=.3, loss='mse', kl_weight=1.))
-    loss_fn = compiled(model.loss)
+    loss_fn = compiled(build_model(SMALL_AE).loss)
     graphs_before = counters['stats']['unique_graphs']
     with torch.no_grad():  # the same choice of graphs as with gradients, compiled faster
         for batch_size in (16, 8, 12):
