@@ -1,5 +1,6 @@
 """The numbers behind predict.py, each computed in batches over a whole data set: codes,
-per-image errors, kNN, ROC AUC, a PCA baseline and the importance-weighted bound."""
+per-image errors, kNN, ROC AUC, a PCA baseline, the importance-weighted bound, and the
+metrics that predict.py writes to metrics.json."""
 import math
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from data_loader import to_input
 
 EPS = 1e-6  # keeps BCE finite for outputs at (or, for an MSE model, beyond) 0 and 1
+NEAR_ZERO = .01  # a code activation this close to 0 counts as off, for sparse codes
 
 
 @torch.no_grad()
@@ -137,3 +139,85 @@ def central_box(codes, share=.99, margin=.05):
     # |low| = |high| = (btl_size,)
     pad = margin * (high - low)
     return low - pad, high + pad
+
+
+def own_losses(scores, has_prior):
+    """The model's own loss and its parts per image, named for what they are. A VAE
+    evaluates at z = the posterior mean, so its loss there is no ELBO: only its parts are
+    reported, the reconstruction as recon_at_posterior_mean (neg_elbo is the ELBO)."""
+    own = {name: value for name, value in scores.items() if name not in ('sse', 'bce')}
+    if has_prior:
+        return {'recon_at_posterior_mean': own['recon'], 'kl': own['kl']}
+    return {f'test_{name}': value for name, value in own.items()}
+
+
+def anomaly_score(scores):
+    """Per image: the reconstruction error, plus for a VAE the KL term (the negative ELBO at
+    z = the posterior mean)."""
+    return scores['recon'] + scores.get('kl', 0)
+
+
+@torch.no_grad()
+def test_metrics(model, train_set, test_set, scores, knn_k, iw_samples=None, sparse=False, noise=False,
+                 batch_size=1024):
+    """Every number of predict.py's metrics table for one model, as a dict of floats and ints:
+    its own losses, its reconstruction errors, kNN on its codes, the same for PCA with as
+    many components, and what applies to this model (the VAE's bounds and active units, a
+    sparse code's near-zero share, a denoiser's error from noisy inputs). train_set and
+    test_set are (uint8 images, labels); scores are image_scores() of the test images."""
+    (train_images, train_labels), (test_images, test_labels) = train_set, test_set
+    train_codes = encode_all(model, train_images, batch_size)
+    test_codes = encode_all(model, test_images, batch_size)
+    k = test_codes.shape[1]
+    knn = knn_predict(train_codes, train_labels, test_codes, knn_k)
+    pca = pca_baseline(train_images, test_images, k)
+    pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], knn_k)
+    m = {name: value.mean().item() for name, value in own_losses(scores, model.has_prior).items()}
+    m.update({
+        'sse_per_image': scores['sse'].mean().item(),
+        'bce_per_image': scores['bce'].mean().item(),
+        'knn_accuracy': (knn == test_labels).float().mean().item(),
+        'pca_components': k,
+        'pca_sse_per_image': pca['sse'].mean().item(),
+        'pca_bce_per_image': pca['bce'].mean().item(),
+        'pca_knn_accuracy': (pca_knn == test_labels).float().mean().item(),
+    })
+    if sparse:
+        m['code_near_zero'] = (test_codes.abs() < NEAR_ZERO).float().mean().item()
+    if noise:
+        m['noisy_sse_per_image'] = noisy_errors(model, test_images, batch_size).mean().item()
+    if model.has_prior:
+        neg_elbo, neg_iwae = variational_bounds(model, test_images, iw_samples)
+        m.update({'neg_elbo': neg_elbo.mean().item(), 'active_units': active_units(test_codes),
+                  'iwae_samples': iw_samples, 'iwae_nll': neg_iwae.mean().item()})
+    return m
+
+
+@torch.no_grad()
+def noisy_errors(model, images, batch_size=1024):
+    """Per image: the squared error of the reconstruction of a corrupted copy (the training
+    noise), against the clean image."""
+    model.eval()
+    errors = []
+    for batch in images.split(batch_size):
+        x = to_input(batch)
+        errors.append(reconstruction_errors(model(model.corrupt(x)), x)[0])
+    return torch.cat(errors)
+
+
+def metrics_table(m, knn_k):
+    """The metrics as the table that predict.py prints, the model beside PCA."""
+    rows = [('reconstruction, squared error per image', 'sse_per_image', 'pca_sse_per_image'),
+            ('reconstruction, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image'),
+            (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy')]
+    header = f'test set ({m["n_test"]} images)'
+    lines = [f'{header:<42} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
+    lines += [f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows]
+    singles = [('noisy_sse_per_image', '  the same from noisy inputs', '.4f'),
+               ('code_near_zero', f'code activations with |z| < {NEAR_ZERO}', '.2%'),
+               ('neg_elbo', 'negative ELBO, nats per image', '.4f'),
+               ('kl', '  of which KL', '.4f'),
+               ('iwae_nll', f'-log p(x), IWAE bound, {m.get("iwae_samples")} samples', '.4f'),
+               ('active_units', 'active latent units', 'd')]
+    lines += [f'{label:<42} {m[key]:>10{spec}}' for key, label, spec in singles if key in m]
+    return '\n'.join(lines)

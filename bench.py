@@ -1,7 +1,6 @@
 """Measures how fast this repository trains, against the machine's own matmul throughput.
 
     python bench.py            # prints a table and writes bench.json
-    python bench.py --recipes  # trains README's Results recipes (24 min here) and checks their targets
     python bench.py --amp      # the same under bf16 autocast (train.py --amp)
     python bench.py --compile  # the same with the loss compiled (train.py --compile)
 
@@ -10,9 +9,6 @@ trained; the Trainer's epoch time for the default AutoEncoder and for the 784-40
 the share of that throughput it reaches; the same VAE fed the common way (a DataLoader over a
 Dataset that converts each image with ToTensor); peak resident memory of train.py on all
 60,000 images and on a hundredth of them; and inference throughput through encode + decode.
-
-With --recipes it instead runs the training recipes of README "Results" one after another
-(train.py, then predict.py), and prints each quality target beside what the recipe reached.
 """
 import json
 import os
@@ -25,36 +21,20 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
+from config import make_config
 from data_loader import DataError, load_dataset, split_train_valid, write_idx
 from model import build_model
-from train import build_optimizer
-from trainer import AMP_DTYPE, Trainer, forward_precision
-from utils import ArgumentParser, CliError, get_device, int_at_least, run_cli, set_seed
+from trainer import AMP_DTYPE, Trainer, build_optimizer, forward_precision
+from utils import ArgumentParser, CliError, get_device, int_at_least, last_line, print_rows, run_cli, set_seed
 
-TRAINING = dict(optimizer='adam', lr=1e-3, weight_decay=0., scheduler='none', n_epochs=1)
-AE = dict(model='ae', hidden_sizes=None, n_layers=5, btl_size=2, use_dropout=False, dropout_p=.3, loss='mse',
-          kl_weight=1., **TRAINING)
-# The classic VAE of pytorch/examples: 784-400-20, Linear + ReLU, no normalisation.
-VAE = dict(model='vae', hidden_sizes=[400], n_layers=1, btl_size=20, use_dropout=True, dropout_p=0., loss=None,
-           kl_weight=1., **TRAINING)
-
-# README "Results": name -> (train.py flags, what predict.py computes). Each runs on all of
-# Fashion-MNIST; the targets compare them with PCA, with the classic VAE and with 15 minutes.
-RECIPES = {
-    'ae2': ('--btl_size 2 --optimizer adamw --weight_decay 0.01 --bn_eps 1e-3 --n_epochs 170 --scheduler cosine',
-            ['metrics']),
-    'ae30': ('--btl_size 30 --hidden_sizes 1000 500 250 --lr 3e-3 --n_epochs 40 --scheduler cosine', ['metrics']),
-    'vae20': ('--model vae --btl_size 20 --hidden_sizes 1024 512 --n_epochs 50 --scheduler cosine', ['metrics']),
-    'classic_vae20': ('--model vae --btl_size 20 --hidden_sizes 400 --use_dropout --dropout_p 0 --n_epochs 50',
-                      ['metrics']),
-    'anomaly': ('--btl_size 10 --target_labels 0 1 3 8 --n_epochs 20', ['metrics', 'anomaly']),
-}
-RECIPE_MINUTES = 15
+# The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
+# 784-400-20, Linear + ReLU, no normalisation.
+AE = make_config(btl_size=2, loss='mse', n_epochs=1)
+VAE = make_config(model='vae', hidden_sizes=[400], btl_size=20, use_dropout=True, dropout_p=0., n_epochs=1)
 
 
-def define_argparser(argv=None):
+def define_argparser():
     p = ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--gpu_id', type=int, default=-1, help='CUDA device index, -1 for the CPU (default: %(default)s)')
     p.add_argument('--n_epochs', type=int_at_least(2), default=4,
@@ -63,19 +43,12 @@ def define_argparser(argv=None):
     p.add_argument('--out', default='bench.json', help='where to write the results (default: %(default)s)')
     p.add_argument('--amp', action='store_true',
                    help='bf16 autocast, as train.py --amp: the matmul throughput in bf16, both training loops under '
-                        'autocast; with --recipes, every recipe trained with --amp')
+                        'autocast')
     p.add_argument('--compile', action='store_true',
                    help='the loss compiled, as train.py --compile: the Trainer times the compiled loss, its first '
-                        '(compiling) epoch left out as always; with --recipes, every recipe trained with --compile')
-    g = p.add_argument_group('quality recipes (README "Results")')
-    g.add_argument('--recipes', action='store_true',
-                   help=f'train and evaluate the recipes ({", ".join(RECIPES)}) instead of timing epochs')
-    g.add_argument('--recipes_dir', default='recipes',
-                   help='where their checkpoints, figures and recipes.json go (default: %(default)s)')
-    g.add_argument('--recipe_epochs', type=int_at_least(1), default=None,
-                   help='train every recipe for this many epochs instead, for a quick check of the pipeline')
-    g.add_argument('--data_dir', default='./data', help='passed to train.py and predict.py (default: %(default)s)')
-    return p.parse_args(argv)
+                        '(compiling) epoch left out as always')
+    p.add_argument('--data_dir', default='./data', help='where to look for Fashion-MNIST (default: %(default)s)')
+    return p
 
 
 def load_images(data_dir):
@@ -99,7 +72,8 @@ def forward_flops(shapes):
 def training_flops(shapes):
     """FLOPs per image of the products that a training step runs: forward, input gradient and
     weight gradient of every Linear, less the first layer's input gradient, which autograd
-    skips because the images need none. Issue 5's measure counts 3 x forward_flops instead."""
+    skips because the images need none. The share of matmul in the table counts
+    3 x forward_flops instead, as if that product ran too."""
     i, o = shapes[0]
     return 3 * forward_flops(shapes) - 2 * i * o
 
@@ -247,86 +221,8 @@ def speed_flags(args):
     return ['--amp'] * args.amp + ['--compile'] * args.compile
 
 
-def run_script(script, *args):
-    """Runs one of this repository's scripts; its own one-line error ends the benchmark."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
-    result = subprocess.run([sys.executable, path, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise CliError(f'{script} {" ".join(args)} failed: {last_line(result.stderr)}')
-
-
-def last_line(text):
-    """A script's own error is the last line it wrote (warnings may come before it)."""
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else 'no message'
-
-
-def run_recipes(args):
-    """Trains each recipe, evaluates it with predict.py, and returns the metrics and times."""
-    os.makedirs(args.recipes_dir, exist_ok=True)
-    results = {}
-    for name, (flags, what) in tqdm(RECIPES.items(), desc='recipes', unit='recipe'):
-        model_fn = os.path.join(args.recipes_dir, name + '.pth')
-        flags = (flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else [])
-                 + speed_flags(args))
-        start = time.perf_counter()
-        run_script('train.py', '--model_fn', model_fn, '--dataset', 'fashion_mnist', '--data_dir', args.data_dir,
-                   '--gpu_id', str(args.gpu_id), '--verbose', '0', *flags)
-        seconds = time.perf_counter() - start
-        out_dir = os.path.join(args.recipes_dir, name)
-        run_script('predict.py', '--model_fn', model_fn, '--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id),
-                   '--out_dir', out_dir, '--what', *what)
-        with open(os.path.join(out_dir, 'metrics.json')) as f:
-            results[name] = {'train_flags': ' '.join(flags), 'train_seconds': seconds, **json.load(f)}
-    return results
-
-
-def recipe_rows(r):
-    """(what, reached, target and whether it holds) for each target of README "Results"."""
-    def verdict(ok):
-        return 'met' if ok else 'NOT MET'
-
-    rows = []
-    for name, size in (('ae2', 2), ('ae30', 30)):
-        ratio = r[name]['sse_per_image'] / r[name]['pca_sse_per_image']
-        rows.append((f'AE {size}-d: squared error per image vs PCA-{size}',
-                     f'{r[name]["sse_per_image"]:.2f} vs {r[name]["pca_sse_per_image"]:.2f}',
-                     f'{ratio:.2f}x, target <= 0.55x: {verdict(ratio <= .55)}'))
-    knn = r['ae2']['knn_accuracy']
-    rows.append(('AE 2-d: 5-NN accuracy of the codes', f'{knn:.3f}', f'target >= 0.75: {verdict(knn >= .75)}'))
-    ours, classic = r['vae20'], r['classic_vae20']
-    below = 1 - ours['neg_elbo'] / classic['neg_elbo']
-    rows += [('VAE 20-d: negative ELBO vs classic 784-400-20', f'{ours["neg_elbo"]:.2f} vs {classic["neg_elbo"]:.2f}',
-              f'{below:.2%} below, target >= 2%: {verdict(below >= .02)}'),
-             ('VAE 20-d: IWAE estimate of -log p(x)', f'{ours["iwae_nll"]:.2f} vs {classic["iwae_nll"]:.2f}', ''),
-             ('anomaly (trained on 0 1 3 8): ROC AUC', f'{r["anomaly"]["anomaly_roc_auc"]:.3f}', '')]
-    for name, result in r.items():
-        minutes = result['train_seconds'] / 60
-        rows.append((f'train time of {name}', f'{minutes:.1f} min',
-                     f'target <= {RECIPE_MINUTES} min: {verdict(minutes <= RECIPE_MINUTES)}'))
-    return rows
-
-
-def print_rows(rows):
-    width = max(len(row[0]) for row in rows)
-    print()
-    for label, value, note in rows:
-        print(f'{label:<{width}}  {value:>18}  {note}')
-
-
 def main(argv=None):
-    args = define_argparser(argv)
-    if args.recipes:
-        results = run_recipes(args)
-        print_rows(recipe_rows(results))
-        if args.recipe_epochs:
-            print(f'(every recipe trained for --recipe_epochs {args.recipe_epochs} only: a check of the pipeline, '
-                  f'not of the targets)')
-        path = os.path.join(args.recipes_dir, 'recipes.json')
-        with open(path, 'w') as f:
-            json.dump(results, f, indent=2)
-        print(f'wrote {path}')
-        return
+    args = define_argparser().parse_args(argv)
     device = get_device(args.gpu_id)
     images, source = load_images(args.data_dir)
     device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
@@ -375,7 +271,7 @@ def print_table(r):
     precision = 'bf16' if r['amp'] else 'fp32'
     on_gpu = 'CPU' not in r['device']
 
-    def cpu_target(text):  # issue 5 sets these for the default training, fp32 and eager, on the CPU
+    def cpu_target(text):  # the targets are set for the default training, fp32 and eager, on a CPU
         return '' if r['amp'] or r['compile'] or on_gpu else f' (target {text})'
 
     rows = [

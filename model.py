@@ -12,18 +12,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Normal
 
-from utils import CliError, first_line, hidden_size_schedule
+from config import DEFAULTS
+from utils import CliError, first_line
 
 INPUT_SIZE = 28 * 28
 IMAGE_SHAPE = (28, 28)
 CONV_CHANNELS = [32, 64]  # --arch conv without --hidden_sizes: 28 -> 14 -> 7
 LSTM_HIDDEN_SIZE = 128
 # The VAE's posterior log-variance is capped here: a posterior wider than the N(0, I) prior
-# never helps the ELBO, and trained encoders stay below 1.3 on Fashion-MNIST, but an
-# unbounded head can extrapolate on an unusual image (a 2-d VAE gave one test image 25.4,
-# a KL of 5e10 nats that swamped the test mean).
+# never helps the ELBO, but an unbounded head can extrapolate on an unusual image to a KL
+# that swamps the test mean (docs/results.md, "The default commands").
 LOGVAR_MAX = 2.
-BN_EPS = 1e-5  # PyTorch's default; README "Results" (2-d AE) shows what --bn_eps 1e-3 changes
+BN_EPS = DEFAULTS['bn_eps']
 ACTIVATIONS = {'relu': nn.ReLU, 'leaky_relu': nn.LeakyReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh,
                'sigmoid': nn.Sigmoid, 'none': nn.Identity}
 
@@ -201,7 +201,7 @@ class AutoEncoder(Codec):
         if self.loss_type == 'bce':
             recon = F.binary_cross_entropy_with_logits(out, x, reduction='none').sum(1)
         else:
-            # mse_loss, not (out - x).pow(2): one fused kernel in the backward, an AE epoch 3% faster on the CPU
+            # mse_loss, not (out - x).pow(2): one fused kernel in the backward instead of several (docs/performance.md)
             recon = F.mse_loss(out, x, reduction='none').sum(1)
         # |recon| = (batch_size,)
         parts = {'recon': recon}
@@ -282,13 +282,20 @@ def gaussian_kl(mu, logvar):
     return .5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
 
 
-# Flags added after the first checkpoints were written, with the values those were made with.
-DEFAULTS = dict(arch='mlp', activation='relu', tied=False, noise=None, noise_level=0., l1=0., sparsity=None,
-                sparsity_weight=1., kl_anneal=0, bn_eps=BN_EPS)
+def hidden_size_schedule(input_size, btl_size, n_layers):
+    """n_layers hidden sizes falling in equal steps from input_size toward btl_size.
+
+    The steps divide (input_size - btl_size) into n_layers + 1 parts, so the last hidden
+    layer still sits one step above the bottleneck: 784 -> 654 -> 523 -> 393 -> 263 -> 132 -> 2
+    for n_layers=5, btl_size=2.
+    """
+    step = (input_size - btl_size) / (n_layers + 1)
+    return [max(round(input_size - step * (i + 1)), 1) for i in range(n_layers)]
 
 
 def build_model(config, input_size=INPUT_SIZE):
-    """Builds the model that a config (the flags of train.py, as a dict) describes."""
+    """Builds the model that a config (the flags of train.py, as a dict) describes; a key it
+    lacks (a checkpoint older than the flag) takes its default from config.DEFAULTS."""
     config = {**DEFAULTS, **config}
     btl_size, variational = config['btl_size'], config['model'] == 'vae'
     encoder_out_size = 2 * btl_size if variational else btl_size

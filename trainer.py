@@ -7,7 +7,7 @@ from tqdm import tqdm
 from data_loader import to_input
 
 # Validation has no backward pass to hold memory for; larger batches use the matrix products
-# better (a 12,000-image valid pass takes 12-20% less time on the CPU than in batches of 256).
+# better (docs/performance.md).
 VALID_BATCH_SIZE = 1024
 
 
@@ -26,9 +26,18 @@ def compiled(loss_fn):
     many small kernels take less time than their launches: mode='reduce-overhead' replays them
     as CUDA graphs, and on the CPU it compiles without them. Each batch shape gets a graph of
     its own (dynamic=False): otherwise the first smaller batch, the last of an epoch, turns
-    torch to one graph for every batch size, and the full batches after it ran about 4% slower
-    on the CPU."""
+    torch to one graph for every batch size, and the full batches after it run slower."""
     return torch.compile(loss_fn, mode='reduce-overhead', dynamic=False)
+
+
+def build_optimizer(model, config):
+    """The optimizer and learning-rate scheduler (or None) that a config asks for."""
+    optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[config['optimizer']]
+    # fused: one kernel for the whole update instead of several per tensor
+    optimizer = optimizer_class(model.parameters(), lr=config['lr'], weight_decay=config['weight_decay'], fused=True)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config['n_epochs'])
+                 if config['scheduler'] == 'cosine' else None)
+    return optimizer, scheduler
 
 
 class NonFiniteLoss(Exception):
@@ -54,7 +63,7 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
         for step, idx in enumerate(order.split(batch_size), start=1):
             if training and len(idx) < 2:
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
-            x = to_input(images.index_select(0, idx))  # ten times faster than images[idx] on the CPU
+            x = to_input(images.index_select(0, idx))  # much faster than images[idx] on a CPU
             # |x| = (batch_size, 784)
             with forward_precision(images.device.type, amp):
                 loss, parts = loss_fn(x)
@@ -74,6 +83,12 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
             if should_stop is not None and should_stop():
                 return None
     return {name: (total / seen).item() for name, total in totals.items()}
+
+
+def progress_bar(verbose, level):
+    """tqdm's disable argument: a bar from this verbosity level on, and only on a terminal
+    (None: tqdm leaves it out when the output is a file, so a log holds plain lines)."""
+    return None if verbose >= level else True
 
 
 def format_losses(losses):
@@ -121,7 +136,7 @@ class Trainer:
         epochs after those already in the history, up to n_epochs. Returns True when all of
         them ran, False when stop_requested ended training early."""
         # The bar is cleared when training ends: the per-epoch lines are the record.
-        epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=self.verbose < 1,
+        epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=progress_bar(self.verbose, 1),
                       leave=False, dynamic_ncols=True)
         with epochs:
             for epoch in epochs:
@@ -139,7 +154,7 @@ class Trainer:
     def _train_epoch(self, epoch, images, train_indices, valid_indices, batch_size, epochs):
         self.model.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
-        with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=self.verbose < 2,
+        with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=progress_bar(self.verbose, 2),
                   dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
                               should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import analysis
+from config import make_config
 from model import build_model
 
 
@@ -67,9 +68,7 @@ def test_active_units_counts_dimensions_that_vary():
 
 def tiny_vae():
     torch.manual_seed(0)
-    config = dict(model='vae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=False, dropout_p=.3, loss=None,
-                  kl_weight=1.)
-    return build_model(config, input_size=6).eval()
+    return build_model(make_config(model='vae', hidden_sizes=[5], btl_size=2), input_size=6).eval()
 
 
 def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z():

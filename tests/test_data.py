@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import data_loader
-from conftest import make_images, write_dataset
+from helpers import make_images, write_dataset
 from data_loader import DataError, idx_bytes, load_dataset, read_idx, select_labels, split_train_valid, to_input, write_idx
 from utils import CliError
 

@@ -9,9 +9,10 @@ import torch
 
 import predict
 import train
+from config import make_config
 from data_loader import write_idx
+from helpers import expect_usage_error
 from model import build_model
-from test_cli import expect_usage_error
 from utils import run_cli
 
 SMALL = ['--n_epochs', '2', '--batch_size', '64', '--gpu_id', '-1', '--btl_size', '3']
@@ -42,7 +43,8 @@ VARIANTS = {
 
 def train_variant(folder, data_dir, flags):
     model_fn = str(folder / 'model.pth')
-    run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, *SMALL, *flags]), 'train.py')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, '--overwrite', *SMALL, *flags]),
+            'train.py')
     return model_fn
 
 
@@ -56,12 +58,17 @@ def test_variant_trains_and_reloads_in_predict(name, data_dir, tmp_path, capsys)
                                   '--iw_samples', '3', '--what', 'recon', 'samples', 'metrics']), 'predict.py')
     printed = capsys.readouterr().out
     metrics = json.loads((out_dir / 'metrics.json').read_text())
-    assert np.isfinite(metrics['test_loss']) and 0 <= metrics['code_near_zero'] <= 1
+    own_loss = metrics['neg_elbo'] if '--model' in VARIANTS[name] else metrics['test_loss']
+    assert np.isfinite(own_loss) and np.isfinite(metrics['sse_per_image'])
+    sparse = '--l1' in VARIANTS[name] or '--sparsity' in VARIANTS[name]
+    assert ('code_near_zero' in metrics) == sparse  # the share of near-zero codes only where it means something
     written = set(os.listdir(out_dir))
     assert {'reconstructions.png', 'samples.png'} <= written
     if '--noise' in VARIANTS[name]:
         assert 'denoising.png' in written and 'noisy_sse_per_image' in metrics
         assert 'the same from noisy inputs' in printed
+    if sparse:
+        assert 0 <= metrics['code_near_zero'] <= 1 and 'code activations with |z| < 0.01' in printed
     if '--l1' in VARIANTS[name]:
         assert 'train_l1' in checkpoint['history'][0] and 'test_l1' in metrics
     if '--sparsity' in VARIANTS[name]:
@@ -75,9 +82,10 @@ def batch_norm_eps(model):
 
 
 def test_bn_eps_caps_what_a_unit_silent_in_training_gives_in_eval_and_old_checkpoints_keep_theirs():
+    # The config of a checkpoint saved before --bn_eps existed: the flags there were then.
     config = dict(model='ae', hidden_sizes=[1], n_layers=1, btl_size=1, use_dropout=False, dropout_p=.3, loss='mse',
                   kl_weight=1.)
-    assert batch_norm_eps(build_model(config)) == {1e-5}  # a checkpoint saved before --bn_eps existed
+    assert batch_norm_eps(build_model(config)) == {1e-5}
     for eps in (1e-5, 1e-3):
         block = build_model({**config, 'bn_eps': eps}, input_size=1).encoder[0]
         linear, _, batch_norm = block.block
@@ -94,8 +102,8 @@ def test_bn_eps_caps_what_a_unit_silent_in_training_gives_in_eval_and_old_checkp
 
 
 def parameter_count(capsys):
-    return int(next(line for line in capsys.readouterr().out.splitlines()
-                    if line.startswith('parameters:')).split()[1].replace(',', ''))
+    summary = next(line for line in capsys.readouterr().out.splitlines() if ' parameters on ' in line)
+    return int(summary.split()[1].replace(',', ''))
 
 
 def test_tied_weights_drop_the_decoder_weights_from_the_count(data_dir, tmp_path, capsys):
@@ -108,8 +116,7 @@ def test_tied_weights_drop_the_decoder_weights_from_the_count(data_dir, tmp_path
 
 
 def test_tied_decoder_uses_the_transposed_encoder_weights():
-    config = dict(model='ae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=False, dropout_p=.3,
-                  loss='mse', kl_weight=1., tied=True)
+    config = make_config(hidden_sizes=[5], btl_size=2, tied=True)
     model = build_model(config, input_size=7)
     with torch.no_grad():
         model.encoder[-1].weight.fill_(2.)
@@ -119,8 +126,7 @@ def test_tied_decoder_uses_the_transposed_encoder_weights():
 
 
 def test_noise_only_in_training_and_of_the_right_kind():
-    config = dict(model='ae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=True, dropout_p=0.,
-                  loss='mse', kl_weight=1.)
+    config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0.)
     x = torch.full((200, 50), .5)
     masked = build_model({**config, 'noise': 'masking', 'noise_level': .3}, input_size=50).corrupt(x)
     assert abs((masked == 0).float().mean().item() - .3) < .03
@@ -136,8 +142,8 @@ def test_noise_only_in_training_and_of_the_right_kind():
 
 
 def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
-    config = dict(model='vae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=True, dropout_p=0.,
-                  loss=None, kl_weight=2., kl_anneal=4)
+    config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., kl_weight=2.,
+                         kl_anneal=4)
     model = build_model(config, input_size=6)
     x = torch.rand(8, 6)
     for epoch, ramp in ((1, 0.), (2, .25), (3, .5), (5, 1.), (9, 1.)):
@@ -150,8 +156,8 @@ def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
 
 
 def test_sparsity_penalty_is_the_kl_to_the_target_activation():
-    config = dict(model='ae', hidden_sizes=[5], n_layers=1, btl_size=2, use_dropout=True, dropout_p=0.,
-                  loss='mse', kl_weight=1., sparsity=.1, sparsity_weight=3.)
+    config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., sparsity=.1,
+                         sparsity_weight=3.)
     model = build_model(config, input_size=6).eval()
     x = torch.rand(8, 6)
     z = model.encode(x)

@@ -11,12 +11,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_images
+from checkpoint import load_checkpoint
+from config import make_config
 from data_loader import DataError, idx_bytes, read_idx
+from helpers import make_images
 from model import ACTIVATIONS, BN_EPS, build_model, model_from_checkpoint
 from train import incompatible_flags
 from trainer import forward_precision
-from utils import CliError, load_checkpoint
+from utils import CliError
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -29,16 +31,17 @@ def architectures(draw):
         hidden_sizes = draw(st.none() | st.lists(st.integers(1, 300), min_size=1, max_size=4))
     else:  # channels or LSTM units: kept small, so each example stays fast
         hidden_sizes = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
-    config = dict(model=model, arch=arch, hidden_sizes=hidden_sizes, n_layers=draw(st.integers(1, 6)),
-                  btl_size=draw(st.integers(1, 40)), use_dropout=draw(st.booleans()),
-                  dropout_p=draw(st.floats(0, .9)), kl_weight=draw(st.floats(0, 4)),
-                  tied=draw(st.booleans()) if arch == 'mlp' else False,
-                  activation=draw(st.sampled_from(list(ACTIVATIONS))) if arch != 'lstm' else 'relu',
-                  noise=draw(st.sampled_from([None, 'gaussian', 'masking', 'salt_pepper'])),
-                  noise_level=draw(st.floats(.01, 1)), kl_anneal=draw(st.integers(0, 3)) if model == 'vae' else 0,
-                  loss=draw(st.sampled_from(['mse', 'bce'])) if model == 'ae' else None,
-                  l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
-                  sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
+    config = make_config(model=model, arch=arch, hidden_sizes=hidden_sizes, n_layers=draw(st.integers(1, 6)),
+                         btl_size=draw(st.integers(1, 40)), use_dropout=draw(st.booleans()),
+                         dropout_p=draw(st.floats(0, .9)), kl_weight=draw(st.floats(0, 4)),
+                         tied=draw(st.booleans()) if arch == 'mlp' else False,
+                         activation=draw(st.sampled_from(list(ACTIVATIONS))) if arch != 'lstm' else 'relu',
+                         noise=draw(st.sampled_from([None, 'gaussian', 'masking', 'salt_pepper'])),
+                         noise_level=draw(st.floats(.01, 1)),
+                         kl_anneal=draw(st.integers(0, 3)) if model == 'vae' else 0,
+                         loss=draw(st.sampled_from(['mse', 'bce'])) if model == 'ae' else None,
+                         l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
+                         sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
     config['bn_eps'] = BN_EPS if config['use_dropout'] or arch == 'lstm' else draw(st.sampled_from([BN_EPS, 1e-3]))
     assert incompatible_flags(argparse.Namespace(**config)) is None  # the draw keeps to the rules
     return config
@@ -112,8 +115,7 @@ def test_idx_reader_on_mutated_gzip_archives(tmp_path, data):
 
 
 def small_checkpoint_bytes():
-    config = dict(model='vae', hidden_sizes=[4], n_layers=1, btl_size=2, use_dropout=False, dropout_p=.3,
-                  loss=None, kl_weight=1.)
+    config = make_config(model='vae', hidden_sizes=[4], btl_size=2)
     buffer = io.BytesIO()
     torch.save({'model': build_model(config).state_dict(), 'config': config, 'history': []}, buffer)
     return buffer.getvalue()

@@ -3,8 +3,8 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal, kl_divergence
 
-from model import LOGVAR_MAX, Block, build_model, gaussian_kl
-from utils import hidden_size_schedule
+from config import make_config
+from model import LOGVAR_MAX, Block, build_model, gaussian_kl, hidden_size_schedule
 
 
 def linear_sizes(module):
@@ -12,9 +12,7 @@ def linear_sizes(module):
 
 
 def config(**overrides):
-    base = dict(model='ae', hidden_sizes=None, n_layers=5, btl_size=10, use_dropout=False, dropout_p=.3,
-                loss='mse', kl_weight=1.)
-    return {**base, **overrides}
+    return make_config(**{'loss': 'mse', **overrides})
 
 
 def chain(sizes):

@@ -9,26 +9,12 @@ import time
 import pytest
 import torch
 
+import checkpoint
 import predict
 import train
-from test_cli import TINY, expect_usage_error, run_script
-from test_trainer import ScalarModel
+from helpers import ROOT, TINY, ScalarModel, assert_same_run, expect_usage_error, run_script, train_in_process
+from trainer import Trainer
 from utils import run_cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def train_in_process(*argv):
-    run_cli(lambda: train.main([*argv, '--verbose', '0']), 'train.py')
-    return torch.load(argv[1], weights_only=True)
-
-
-def assert_same_run(a, b):
-    for key in ('model',):
-        assert a[key].keys() == b[key].keys()
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
-    assert all(torch.equal(a['last']['model'][k], b['last']['model'][k]) for k in a['last']['model'])
-    assert a['history'] == b['history']
 
 
 @pytest.mark.parametrize('flags', [['--model', 'ae', '--use_dropout'], ['--model', 'vae'], ['--model', 'ae', '--amp']])
@@ -62,12 +48,31 @@ def test_resume_may_switch_amp_and_compile_and_takes_defaults_for_flags_newer_th
     assert resumed['history'][-1]['valid_loss'] == pytest.approx(eager['history'][-1]['valid_loss'], rel=.02)
 
 
-def test_same_seed_same_weights_other_seed_other_weights(data_dir, tmp_path):
-    common = ['--data_dir', data_dir, *TINY, '--use_dropout']
+def assert_equal_values(a, b, path='checkpoint'):
+    """Two nested checkpoint values hold the same tensors (bit for bit) and the same plain values."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_equal_values(a[key], b[key], f'{path}[{key!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_values(x, y, f'{path}[{i}]')
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize('model', ['ae', 'vae'])
+def test_the_same_seed_on_the_same_machine_gives_identical_checkpoints(model, data_dir, tmp_path):
+    common = ['--data_dir', data_dir, *TINY, '--use_dropout', '--model', model]
     a = train_in_process('--model_fn', str(tmp_path / 'a.pth'), *common)
     b = train_in_process('--model_fn', str(tmp_path / 'b.pth'), *common)
     c = train_in_process('--model_fn', str(tmp_path / 'c.pth'), *common, '--seed', '2')
-    assert_same_run(a, b)
+    for checkpoint in (a, b):
+        del checkpoint['config']['model_fn']  # the one thing that differs: the name they were given
+    assert_equal_values(a, b)  # weights, optimizer state, history, random number generator states
     assert not torch.equal(a['model']['encoder.0.block.0.weight'], c['model']['encoder.0.block.0.weight'])
 
 
@@ -128,16 +133,16 @@ def test_a_second_interrupt_exits_at_once_and_leaves_a_whole_file(data_dir, tmp_
 def test_a_second_signal_during_a_save_exits_once_the_file_is_whole(tmp_path, capsys):
     # A stop was requested; the second SIGINT lands inside a save. Exiting from within
     # torch.save used to raise from its half-closed zip writer (exit 1 and a traceback).
-    trainer = train.Trainer(ScalarModel(), None)
+    trainer = Trainer(ScalarModel(), None)
     model_fn = tmp_path / 'm.pth'
-    handlers = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+    handlers = {s: signal.getsignal(s) for s in checkpoint.STOP_SIGNALS}
     try:
         with pytest.raises(SystemExit) as exit_:
-            with train.stop_on_signals(trainer) as save_in_progress:
+            with checkpoint.stop_on_signals(trainer) as save_in_progress:
                 os.kill(os.getpid(), signal.SIGINT)
                 with save_in_progress():
                     os.kill(os.getpid(), signal.SIGINT)
-                    train.save_checkpoint(str(model_fn), {'weights': torch.ones(3)})
+                    checkpoint.save_checkpoint(str(model_fn), {'weights': torch.ones(3)})
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
@@ -150,7 +155,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     model_fn = tmp_path / 'good.pth'
     assert run_script('train.py', '--model_fn', str(model_fn), '--data_dir', data_dir, *TINY).returncode == 0
     good = model_fn.read_bytes()
-    result = run_script('train.py', '--model_fn', str(model_fn), '--data_dir', data_dir, *TINY, '--lr', '1e6')
+    result = run_script('train.py', '--model_fn', str(model_fn), '--data_dir', data_dir, *TINY, '--lr', '1e6',
+                        '--overwrite')
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith('train.py: stopped: loss is nan at step ')
@@ -197,3 +203,63 @@ def test_unwritable_out_dir_is_reported_before_any_work(data_dir, tmp_path, caps
     blocker.write_text('')
     expect_usage_error(predict.main, 'predict.py', ['--model_fn', model_fn, '--out_dir', str(blocker / 'figs')],
                        capsys, f'--out_dir {blocker / "figs"}: cannot create it')
+
+
+# --- nothing replaced by accident, files as the user's umask says, a log that stays readable ---
+
+def test_an_existing_checkpoint_is_never_replaced_without_resume_or_overwrite(data_dir, tmp_path):
+    model_fn = tmp_path / 'm.pth'
+    common = ['--model_fn', str(model_fn), '--data_dir', data_dir, *TINY, '--n_epochs', '1']
+    assert run_script('train.py', *common).returncode == 0
+    before = model_fn.read_bytes()
+    again = run_script('train.py', *common)
+    assert again.returncode == 2 and 'Traceback' not in again.stderr
+    assert again.stderr.strip() == (f'train.py: error: {model_fn} exists; give --resume to go on training it or '
+                                    f'--overwrite to start again (the file is left as it is)')
+    assert model_fn.read_bytes() == before
+    both = run_script('train.py', *common, '--overwrite', '--resume')
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1
+    assert 'not allowed with argument' in both.stderr and model_fn.read_bytes() == before
+    assert run_script('train.py', *common, '--seed', '2', '--overwrite').returncode == 0
+    assert model_fn.read_bytes() != before
+
+
+def test_predict_writes_into_a_folder_with_files_only_with_overwrite(data_dir, tmp_path, capsys):
+    model_fn = str(tmp_path / 'm.pth')
+    train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')
+    out_dir = tmp_path / 'figures'
+    argv = ['--model_fn', model_fn, '--out_dir', str(out_dir), '--what', 'curves', '--gpu_id', '-1']
+    run_cli(lambda: predict.main(argv), 'predict.py')
+    before = (out_dir / 'curves.png').read_bytes()
+    expect_usage_error(predict.main, 'predict.py', argv + ['--what', 'recon'], capsys,
+                       f'--out_dir {out_dir} already holds files; give --overwrite')
+    assert sorted(os.listdir(out_dir)) == ['curves.png', 'metrics.json']
+    assert (out_dir / 'curves.png').read_bytes() == before
+    run_cli(lambda: predict.main(argv + ['--what', 'recon', '--overwrite']), 'predict.py')
+    assert 'reconstructions.png' in os.listdir(out_dir)
+
+
+@pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_follow_the_umask(umask, mode, data_dir, tmp_path):
+    model_fn, out_dir = tmp_path / 'm.pth', tmp_path / 'out'
+    command = (f'umask {umask:03o} && "{sys.executable}" train.py --model_fn {model_fn} --data_dir {data_dir} '
+               f'{" ".join(TINY)} --n_epochs 1 --verbose 0 && "{sys.executable}" predict.py --model_fn {model_fn} '
+               f'--out_dir {out_dir} --what recon metrics')
+    result = subprocess.run(['sh', '-c', command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for path in (model_fn, out_dir / 'reconstructions.png', out_dir / 'metrics.json'):
+        assert os.stat(path).st_mode & 0o777 == mode, path
+
+
+def test_a_verbose_run_logged_to_a_file_is_a_line_per_epoch_and_a_short_summary(data_dir, tmp_path):
+    n_epochs = 4
+    with open(tmp_path / 'log.txt', 'w') as log:
+        result = subprocess.run([sys.executable, 'train.py', '--model_fn', str(tmp_path / 'm.pth'), '--data_dir',
+                                 data_dir, *TINY, '--n_epochs', str(n_epochs), '--verbose', '1'],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+    assert result.returncode == 0
+    lines = (tmp_path / 'log.txt').read_text().splitlines()
+    assert len(lines) <= n_epochs + 5, lines
+    assert sum(line.startswith('epoch ') for line in lines) == n_epochs
+    assert not any('\r' in line or '\x1b' in line for line in lines)  # no progress bar in a file
+    assert lines[-1].startswith(f'saved {tmp_path / "m.pth"}')

@@ -1,0 +1,179 @@
+"""The checkpoint file: written whole or not at all, read without running code, never replaced
+by accident, and the run it holds resumed exactly after a stop (Ctrl-C, SIGTERM).
+
+A checkpoint is a plain dict: 'model' (the best epoch's weights), 'opt', 'config' (every flag of
+train.py), 'history' (one dict per finished epoch) and 'last' (what resuming needs: the last
+epoch's weights, the scheduler, the random number generator states).
+"""
+import contextlib
+import os
+import pickle
+import re
+import signal
+import sys
+import tempfile
+import warnings
+
+import torch
+
+from utils import CliError
+
+CHECKPOINT_KEYS = ('model', 'config', 'history')
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Flags that may be given with --resume: they do not change what is being trained.
+RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'gpu_id', 'amp', 'compile', 'data_dir', 'verbose'}
+
+
+def check_writable(path):
+    """Fails now, not after training, when a checkpoint could not be written to path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f'{path} is a folder; --model_fn needs a file name such as model.pth')
+    if not os.path.isdir(folder):
+        raise CliError(f'cannot write {path}: folder {folder} does not exist')
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):
+            pass
+    except OSError as e:
+        raise CliError(f'cannot write {path}: {e.strerror}')
+
+
+def check_fresh(path, resume, overwrite):
+    """A run that neither resumes nor was told to overwrite never replaces an existing file."""
+    if os.path.exists(path) and not (resume or overwrite):
+        raise CliError(f'{path} exists; give --resume to go on training it or --overwrite to start again '
+                       f'(the file is left as it is)')
+
+
+def file_mode():
+    """The permissions that open() would give a new file under the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_checkpoint(path, checkpoint):
+    """Writes to a temporary file beside path, then renames it, so an interrupted save
+    leaves the previous file (or none), never a truncated one. The file gets the permissions
+    of the user's umask (mkstemp would leave 0600)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fchmod(f.fileno(), file_mode())
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Loads a checkpoint written by train.py with weights_only=True: tensors and plain
+    Python values only, so a file from an untrusted source cannot run code on load."""
+    if not os.path.isfile(path):
+        raise CliError(f'{path}: no such checkpoint file')
+    try:
+        with warnings.catch_warnings():  # odd files make torch warn before it fails: one line is enough
+            warnings.simplefilter('ignore')
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # the weights-only unpickler is safe; any failure means a bad file
+        if isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e):
+            blocked = re.search(r'GLOBAL ([\w.]+)', str(e))
+            what = f'the Python object {blocked.group(1)}' if blocked else 'Python objects'
+            raise CliError(f'{path}: refused: it holds {what}, not only weights and plain values; '
+                           f'nothing in it was run')
+        raise CliError(f'{path}: not a readable checkpoint (truncated, or not written by torch.save)')
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in CHECKPOINT_KEYS):
+        raise CliError(f'{path}: not a checkpoint of this repository (expected a dict with keys '
+                       f'{", ".join(CHECKPOINT_KEYS)})')
+    return checkpoint
+
+
+def resumable_flags():
+    return ', '.join('--' + f for f in sorted(RESUMABLE_FLAGS))
+
+
+def given_flags(argv):
+    """The names of the flags on a command line, as argparse stores them: '--no-amp' is amp.
+    (No flag's value starts with '--'.)"""
+    names = (arg[2:].split('=')[0] for arg in argv if arg.startswith('--'))
+    return {name.removeprefix('no-').replace('-', '_') for name in names}
+
+
+def resume_config(config, argv):
+    """The config and checkpoint to go on with: the flags saved in the checkpoint, with those
+    of RESUMABLE_FLAGS that argv gives. A flag that would change the model, the data or the
+    optimisation is refused; a flag newer than the checkpoint takes its default."""
+    given = given_flags(argv)
+    refused = sorted(given - RESUMABLE_FLAGS)
+    if refused:
+        raise CliError(f'--resume continues with the flags saved in the checkpoint; --{refused[0]} would change '
+                       f'the run (allowed with --resume: {resumable_flags()})')
+    checkpoint = load_checkpoint(config['model_fn'])
+    saved = checkpoint['config']
+    if 'last' not in checkpoint:
+        raise CliError(f'{config["model_fn"]}: holds no state to resume from')
+    resumed = {**config, **saved, **{k: config[k] for k in given}}
+    if resumed['scheduler'] != 'none' and resumed['n_epochs'] != saved['n_epochs']:
+        raise CliError(f'--n_epochs: --scheduler {saved["scheduler"]} was planned over {saved["n_epochs"]} '
+                       f'epochs and cannot be stretched on --resume')
+    if len(checkpoint['history']) >= resumed['n_epochs']:
+        raise CliError(f'{config["model_fn"]} already holds {len(checkpoint["history"])} epochs; '
+                       f'give a larger --n_epochs to train on')
+    return resumed, checkpoint
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer):
+    """The first Ctrl-C or SIGTERM asks the Trainer to stop after the current step; a
+    second one exits at once, or, during a save, as soon as the save is done: exiting from
+    inside torch.save leaves its zip writer half-closed, and that raises an error of its own.
+    Yields the context manager that marks a save. The previous handlers come back
+    afterwards, unless a stop was requested."""
+    saving, exit_code = False, None
+
+    def exit_now(signum, frame):
+        nonlocal exit_code
+        exit_code = 128 + signum
+        when = 'after the save in progress' if saving else 'now'
+        print(f'\n{signal.Signals(signum).name} again: exiting {when}; the file on disk stays whole', file=sys.stderr)
+        if not saving:
+            sys.exit(exit_code)
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = signum
+        for s in STOP_SIGNALS:
+            signal.signal(s, exit_now)
+
+    @contextlib.contextmanager
+    def save_in_progress():
+        nonlocal saving
+        saving = True
+        try:
+            yield
+        finally:
+            saving = False
+        if exit_code is not None:
+            sys.exit(exit_code)
+
+    previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
+    try:
+        yield save_in_progress
+    finally:
+        # After a stop the process is on its way out: a second signal must still find exit_now,
+        # not the default handler's KeyboardInterrupt and its traceback.
+        if not trainer.stop_requested:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def saved_so_far(history, path):
+    """What the checkpoint file holds now, in words."""
+    if not history:
+        return f'no epoch finished, {path} was left as it was'
+    best = min(history, key=lambda h: h['valid_loss'])
+    epochs = 'epoch 1' if len(history) == 1 else f'epochs 1-{len(history)}'
+    return f'{path} holds {epochs}, best epoch {best["epoch"]} with valid loss {best["valid_loss"]:.4f}'

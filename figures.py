@@ -1,0 +1,182 @@
+"""The figures of predict.py. Each function draws one figure from tensors and returns it;
+save() writes it. Layouts are constrained, so titles, labels and legends stay inside the
+image whatever the number of classes."""
+import math
+import textwrap
+
+import matplotlib
+matplotlib.use('Agg')  # files only, no display needed
+import matplotlib.pyplot as plt
+from matplotlib.ticker import LogFormatter, MaxNLocator
+
+from model import IMAGE_SHAPE
+
+CLASSES_BESIDE = 12  # more classes go in a legend below the plot
+LEGEND_COLUMNS_BELOW = 3
+
+
+class PlainLogFormatter(LogFormatter):
+    """The log axis ticks that matplotlib would label, written as plain numbers (0.6, 20)
+    rather than 6e-01 or 2 x 10^1."""
+
+    def __call__(self, x, pos=None):
+        return f'{x:g}' if super().__call__(x, pos) else ''
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def class_color(c, n_classes):
+    """tab10 for up to ten classes; beyond that, evenly spaced colours of a continuous map."""
+    return plt.cm.tab10(c) if n_classes <= 10 else plt.cm.turbo(c / (n_classes - 1))
+
+
+def wrapped(title, fig, fontsize=12):
+    """The title broken into lines that fit over the axes: about two thirds of the figure's
+    width (a legend may take the rest), at about 0.55 em per character."""
+    chars_per_line = max(20, int(fig.get_figwidth() * 72 * .65 / (.55 * fontsize)))
+    return '\n'.join(textwrap.wrap(title, chars_per_line))
+
+
+def class_legend(fig, ax):
+    """The legend of a plot by class: one column beside the axes, or for many classes
+    several columns below them, so that the axes keep their width."""
+    n = len(ax.get_legend_handles_labels()[1])
+    if n <= CLASSES_BESIDE:
+        fig.legend(loc='outside right upper', markerscale=3, fontsize=8)
+    else:
+        fig.legend(loc='outside lower center', markerscale=3, fontsize=8, ncols=LEGEND_COLUMNS_BELOW)
+
+
+def image_rows(rows, title):
+    """One row of images per (label, images) pair, the label on the left; images are
+    (n, 784) in [0, 1]."""
+    n_cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(max(n_cols, 4) + 1, len(rows) + .8), squeeze=False,
+                             layout='constrained')
+    fig.get_layout_engine().set(w_pad=.01, h_pad=.01, wspace=0, hspace=0)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c].reshape(IMAGE_SHAPE).clamp(0, 1).cpu().numpy(), cmap='gray', vmin=0, vmax=1)
+            else:
+                ax.axis('off')
+        axes[r, 0].set_ylabel(label, rotation=0, ha='right', va='center')
+    fig.suptitle(wrapped(title, fig))
+    return fig
+
+
+def image_grid(images, title, captions=None, n_cols=8):
+    """Images in rows of n_cols, each with its caption (e.g. its class) below it when given."""
+    n_rows = math.ceil(len(images) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 1.1, n_rows * (1.3 if captions else 1.1) + .8),
+                             squeeze=False, layout='constrained')
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(images):
+            ax.axis('off')
+            continue
+        ax.imshow(images[i].reshape(IMAGE_SHAPE).clamp(0, 1).cpu().numpy(), cmap='gray', vmin=0, vmax=1)
+        if captions:
+            ax.set_xlabel(textwrap.shorten(captions[i], 14, placeholder='..'), fontsize=8)
+    fig.suptitle(wrapped(title, fig))
+    return fig
+
+
+def scatter_by_class(ax, codes, labels, class_names, size, alpha=.6):
+    codes, labels = codes.cpu(), labels.cpu()
+    for c in labels.unique().tolist():
+        keep = labels == c
+        ax.scatter(codes[keep, 0], codes[keep, 1], s=size, alpha=alpha, color=class_color(c, len(class_names)),
+                   label=class_names[c])
+
+
+def codes_by_class(codes, labels, class_names, title, axis_names):
+    """2-d codes as points coloured by class."""
+    fig, ax = plt.subplots(figsize=(8, 6.5), layout='constrained')
+    scatter_by_class(ax, codes, labels, class_names, size=3)
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.set_title(wrapped(title, fig))
+    class_legend(fig, ax)
+    return fig
+
+
+def decision_regions(regions, extent, codes, labels, class_names, title):
+    """A grid of predicted classes (n x n, over extent = (x0, x1, y0, y1)) shaded, the codes on top."""
+    fig, ax = plt.subplots(figsize=(8, 6.5), layout='constrained')
+    n_classes = len(class_names)
+    colors = matplotlib.colors.ListedColormap([class_color(c, n_classes) for c in range(n_classes)])
+    ax.imshow(regions.cpu().numpy(), origin='lower', extent=extent, cmap=colors, vmin=-.5, vmax=n_classes - .5,
+              alpha=.3, aspect='auto', interpolation='nearest')
+    scatter_by_class(ax, codes, labels, class_names, size=2)
+    ax.set_xlim(*extent[:2])  # the few codes outside the shaded box are left out
+    ax.set_ylim(*extent[2:])
+    ax.set_xlabel('z1')
+    ax.set_ylabel('z2')
+    ax.set_title(wrapped(title, fig))
+    class_legend(fig, ax)
+    return fig
+
+
+def decoded_grid(images, axis, title):
+    """Images decoded on an n x n grid of codes (axis: the n values of each coordinate), z2
+    growing upwards."""
+    n = len(axis[0])
+    h, w = IMAGE_SHAPE
+    mosaic = images.clamp(0, 1).view(n, n, h, w).permute(0, 2, 1, 3).reshape(n * h, n * w).cpu()
+    fig, ax = plt.subplots(figsize=(9, 9), layout='constrained')
+    ax.imshow(mosaic.numpy(), cmap='gray', vmin=0, vmax=1, extent=(0, n, 0, n))
+    ticks = list(range(0, n, 4))
+    ax.set_xticks([t + .5 for t in ticks], [f'{axis[0][t]:.2f}' for t in ticks])
+    ax.set_yticks([t + .5 for t in ticks], [f'{axis[1][t]:.2f}' for t in ticks])
+    ax.set_xlabel('z1')
+    ax.set_ylabel('z2')
+    ax.set_title(wrapped(title, fig))
+    return fig
+
+
+def histograms_by_class(values, labels, class_names, xlabel, title):
+    """The density of values for each class, as outlines over shared bins."""
+    values, labels = values.cpu(), labels.cpu()
+    upper = values.quantile(.995).item()  # a few extreme values would squash the rest
+    bins = [values.min().item() + (upper - values.min().item()) * i / 60 for i in range(61)]
+    fig, ax = plt.subplots(figsize=(9, 5), layout='constrained')
+    for c in labels.unique().tolist():
+        ax.hist(values[labels == c].numpy(), bins=bins, histtype='step', linewidth=1.5,
+                color=class_color(c, len(class_names)), label=class_names[c], density=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('density')
+    ax.set_title(wrapped(title, fig))
+    class_legend(fig, ax)
+    return fig
+
+
+def loss_curves(history, title):
+    """Train and valid loss per epoch, one panel per part of the loss."""
+    parts = [k[len('train_'):] for k in history[0] if k.startswith('train_')]
+    # A part equal to the loss (an AE's recon without penalties) would only repeat its panel.
+    parts = [p for p in parts if p == 'loss' or any(h[f'train_{p}'] != h['train_loss'] for h in history)]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts), 4), squeeze=False, layout='constrained')
+    epochs = [h['epoch'] for h in history]
+    for ax, part in zip(axes[0], parts):
+        for split, style in (('train', '-'), ('valid', '--')):
+            ax.plot(epochs, [h[f'{split}_{part}'] for h in history], style, marker='.', label=split)
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f'{part} per image')
+        ax.set_yscale('log')  # the first epochs fall steeply; later ones still show
+        # Plain numbers (20, 60), not 2 x 10^1, on the major and the labelled minor ticks.
+        for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, .5)))
+        ax.set_title(part)
+        ax.legend()
+    fig.suptitle(wrapped(title, fig))
+    return fig

@@ -1,0 +1,118 @@
+"""Trains and evaluates the recipes of docs/results.md on Fashion-MNIST and checks their targets.
+
+    python recipes.py                     # every recipe, all epochs (about 25 minutes on 2 CPU cores)
+    python recipes.py --recipe_epochs 1   # the same pipeline in a few minutes, to try it
+
+Each recipe is a train.py command and a predict.py run; the targets compare the results with
+PCA, with the classic VAE and with a training time. Checkpoints, figures and recipes.json go
+to --recipes_dir.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from tqdm import tqdm
+
+from utils import ArgumentParser, CliError, int_at_least, last_line, print_rows, run_cli
+
+# name -> (train.py flags beyond the defaults of config.py, what predict.py computes)
+RECIPES = {
+    'ae2': ('--btl_size 2 --optimizer adamw --weight_decay 0.01 --bn_eps 1e-3 --n_epochs 170 --scheduler cosine',
+            ['metrics']),
+    'ae30': ('--btl_size 30 --hidden_sizes 1000 500 250 --lr 3e-3 --n_epochs 40 --scheduler cosine', ['metrics']),
+    'vae20': ('--model vae --btl_size 20 --hidden_sizes 1024 512 --n_epochs 50 --scheduler cosine', ['metrics']),
+    'classic_vae20': ('--model vae --btl_size 20 --hidden_sizes 400 --use_dropout --dropout_p 0 --n_epochs 50',
+                      ['metrics']),
+    'anomaly': ('--btl_size 10 --target_labels 0 1 3 8 --n_epochs 20', ['metrics', 'anomaly']),
+}
+RECIPE_MINUTES = 15
+
+
+def define_argparser():
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--recipes_dir', default='recipes',
+                   help='where the checkpoints, figures and recipes.json go (default: %(default)s)')
+    p.add_argument('--recipe_epochs', type=int_at_least(1), default=None,
+                   help='train every recipe for this many epochs instead, for a quick check of the pipeline')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the checkpoints and figures of an earlier run in --recipes_dir (without it they '
+                        'are left as they are and the run stops)')
+    p.add_argument('--gpu_id', type=int, default=-1, help='CUDA device index, -1 for the CPU (default: %(default)s)')
+    p.add_argument('--amp', action='store_true', help='train every recipe with --amp (bf16 autocast)')
+    p.add_argument('--compile', action='store_true', help='train every recipe with --compile')
+    p.add_argument('--data_dir', default='./data', help='passed to train.py and predict.py (default: %(default)s)')
+    return p
+
+
+def run_script(script, *args):
+    """Runs train.py or predict.py; the script's own one-line error ends the run."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    result = subprocess.run([sys.executable, path, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CliError(f'{script} {" ".join(args)} failed: {last_line(result.stderr)}')
+
+
+def run_recipes(args):
+    """Trains each recipe, evaluates it with predict.py, and returns the metrics and times."""
+    os.makedirs(args.recipes_dir, exist_ok=True)
+    extra = ['--amp'] * args.amp + ['--compile'] * args.compile
+    overwrite = ['--overwrite'] * args.overwrite
+    results = {}
+    for name, (flags, what) in tqdm(RECIPES.items(), desc='recipes', unit='recipe'):
+        model_fn = os.path.join(args.recipes_dir, name + '.pth')
+        flags = flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else []) + extra
+        start = time.perf_counter()
+        run_script('train.py', '--model_fn', model_fn, '--dataset', 'fashion_mnist', '--data_dir', args.data_dir,
+                   '--gpu_id', str(args.gpu_id), '--verbose', '0', *overwrite, *flags)
+        seconds = time.perf_counter() - start
+        out_dir = os.path.join(args.recipes_dir, name)
+        run_script('predict.py', '--model_fn', model_fn, '--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id),
+                   '--out_dir', out_dir, *overwrite, '--what', *what)
+        with open(os.path.join(out_dir, 'metrics.json')) as f:
+            results[name] = {'train_flags': ' '.join(flags), 'train_seconds': seconds, **json.load(f)}
+    return results
+
+
+def recipe_rows(r):
+    """(what, reached, target and whether it holds) for each target of docs/results.md."""
+    def verdict(ok):
+        return 'met' if ok else 'NOT MET'
+
+    rows = []
+    for name, size in (('ae2', 2), ('ae30', 30)):
+        ratio = r[name]['sse_per_image'] / r[name]['pca_sse_per_image']
+        rows.append((f'AE {size}-d: squared error per image vs PCA-{size}',
+                     f'{r[name]["sse_per_image"]:.2f} vs {r[name]["pca_sse_per_image"]:.2f}',
+                     f'{ratio:.2f}x, target <= 0.55x: {verdict(ratio <= .55)}'))
+    knn = r['ae2']['knn_accuracy']
+    rows.append(('AE 2-d: 5-NN accuracy of the codes', f'{knn:.3f}', f'target >= 0.75: {verdict(knn >= .75)}'))
+    ours, classic = r['vae20'], r['classic_vae20']
+    below = 1 - ours['neg_elbo'] / classic['neg_elbo']
+    rows += [('VAE 20-d: negative ELBO vs classic 784-400-20', f'{ours["neg_elbo"]:.2f} vs {classic["neg_elbo"]:.2f}',
+              f'{below:.2%} below, target >= 2%: {verdict(below >= .02)}'),
+             ('VAE 20-d: IWAE estimate of -log p(x)', f'{ours["iwae_nll"]:.2f} vs {classic["iwae_nll"]:.2f}', ''),
+             ('anomaly (trained on 0 1 3 8): ROC AUC', f'{r["anomaly"]["anomaly_roc_auc"]:.3f}', '')]
+    for name, result in r.items():
+        minutes = result['train_seconds'] / 60
+        rows.append((f'train time of {name}', f'{minutes:.1f} min',
+                     f'target <= {RECIPE_MINUTES} min: {verdict(minutes <= RECIPE_MINUTES)}'))
+    return rows
+
+
+def main(argv=None):
+    args = define_argparser().parse_args(argv)
+    results = run_recipes(args)
+    print_rows(recipe_rows(results))
+    if args.recipe_epochs:
+        print(f'(every recipe trained for --recipe_epochs {args.recipe_epochs} only: a check of the pipeline, '
+              f'not of the targets)')
+    path = os.path.join(args.recipes_dir, 'recipes.json')
+    with open(path, 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    run_cli(main, 'recipes.py')

@@ -1,0 +1,67 @@
+"""recipes.py: its targets judged on made-up results, and the whole pipeline through the real
+scripts on a tiny data set."""
+import json
+
+import pytest
+
+import recipes
+from helpers import write_dataset
+from utils import CliError
+
+
+def recipe_result(**metrics):
+    return {'train_seconds': 60., **metrics}
+
+
+def test_recipe_targets_are_judged_against_their_baselines():
+    results = {
+        'ae2': recipe_result(sse_per_image=5., pca_sse_per_image=10., knn_accuracy=.7),
+        'ae30': recipe_result(sse_per_image=6., pca_sse_per_image=10.),
+        'vae20': recipe_result(neg_elbo=97., iwae_nll=96.),
+        'classic_vae20': recipe_result(neg_elbo=100., iwae_nll=99.),
+        'anomaly': recipe_result(anomaly_roc_auc=.8, train_seconds=16 * 60.),
+    }
+    rows = {label: (value, note) for label, value, note in recipes.recipe_rows(results)}
+    assert rows['AE 2-d: squared error per image vs PCA-2'] == ('5.00 vs 10.00', '0.50x, target <= 0.55x: met')
+    assert rows['AE 30-d: squared error per image vs PCA-30'][1] == '0.60x, target <= 0.55x: NOT MET'
+    assert rows['AE 2-d: 5-NN accuracy of the codes'] == ('0.700', 'target >= 0.75: NOT MET')
+    assert rows['VAE 20-d: negative ELBO vs classic 784-400-20'][1] == '3.00% below, target >= 2%: met'
+    assert rows['train time of ae2'][1] == 'target <= 15 min: met'
+    assert rows['train time of anomaly'] == ('16.0 min', 'target <= 15 min: NOT MET')
+
+
+def test_recipes_train_and_evaluate_through_the_real_scripts(tmp_path, capsys):
+    data_dir = tmp_path / 'data'
+    write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
+    recipes_dir = tmp_path / 'recipes'
+    # CI runs the recipes in fp32; this test runs them with --amp
+    recipes.main(['--recipe_epochs', '1', '--amp', '--data_dir', str(data_dir), '--recipes_dir', str(recipes_dir)])
+    with open(recipes_dir / 'recipes.json') as f:
+        results = json.load(f)
+    assert list(results) == list(recipes.RECIPES)
+    for name, result in results.items():
+        own_classes = 4 if name == 'anomaly' else 10  # its metrics cover the classes it was trained on
+        assert result['train_flags'].endswith('--n_epochs 1 --amp') and result['n_test'] == 6 * own_classes
+        assert (recipes_dir / f'{name}.pth').is_file()
+    assert 'anomaly_roc_auc' in results['anomaly'] and 'iwae_nll' in results['vae20']
+    out = capsys.readouterr().out
+    assert 'VAE 20-d: negative ELBO vs classic 784-400-20' in out and 'train time of anomaly' in out
+    assert '--recipe_epochs 1 only' in out
+
+
+def test_a_failing_recipe_ends_with_the_scripts_own_error(tmp_path):
+    write_dataset(tmp_path, n_train=20, n_test=10, compress=False)
+    (tmp_path / 'train-images-idx3-ubyte').write_bytes(b'not an IDX file')
+    with pytest.raises(CliError, match=r'train\.py .* failed: train\.py: error: .*train-images-idx3-ubyte'):
+        recipes.main(['--data_dir', str(tmp_path), '--recipes_dir', str(tmp_path / 'r')])
+
+
+def test_a_second_run_leaves_the_first_ones_files_unless_told_to_overwrite(tmp_path):
+    data_dir = tmp_path / 'data'
+    write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
+    recipes_dir = tmp_path / 'recipes'
+    recipes_dir.mkdir()
+    (recipes_dir / 'ae2.pth').write_bytes(b'a checkpoint of an earlier run')
+    with pytest.raises(CliError, match=r'train\.py .* failed: train\.py: error: .*ae2\.pth exists; give --resume'):
+        recipes.main(['--recipe_epochs', '1', '--data_dir', str(data_dir), '--recipes_dir', str(recipes_dir)])
+    assert (recipes_dir / 'ae2.pth').read_bytes() == b'a checkpoint of an earlier run'
