@@ -123,6 +123,18 @@ def active_units(mu, threshold=.01):
     return int((mu.var(0) > threshold).sum())
 
 
+def knn_distance(reference, query, k=1, chunk=1024):
+    """Per query row: the mean Euclidean distance to its k nearest rows of reference."""
+    distances = [torch.cdist(q.float(), reference.float()).topk(k, largest=False).values.mean(1)
+                 for q in query.split(chunk)]
+    return torch.cat(distances)
+
+
+def gaussian_nll(reference, query):
+    """Per query row: -log density under a full-covariance Gaussian fitted to reference."""
+    return -fit_gaussian(reference.double()).log_prob(query.double()).float()
+
+
 def fit_gaussian(codes):
     """A full-covariance Gaussian fitted to codes, to sample an AutoEncoder's code space."""
     mean = codes.mean(0)

@@ -180,3 +180,34 @@ def loss_curves(history, title):
         ax.legend()
     fig.suptitle(wrapped(title, fig))
     return fig
+
+
+def auroc_by_class(per_class, class_names, baselines, published, title):
+    """Left: the ROC AUC of each score for each normal class, baselines as crosses. Right: the
+    means, beside published means (name, percent) when given."""
+    classes = list(per_class)
+    names = list(per_class[classes[0]])
+    fig, (ax, means_ax) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2), layout='constrained')
+    for i, name in enumerate(names):
+        ax.plot(range(len(classes)), [100 * per_class[c][name] for c in classes], linestyle='none',
+                marker='x' if name in baselines else 'o', color=plt.cm.tab10(i % 10), label=name)
+    ax.set_xticks(range(len(classes)), [textwrap.shorten(class_names[c], 12, placeholder='..') for c in classes],
+                  rotation=45, ha='right')
+    ax.set_xlabel('normal class')
+    ax.set_ylabel('ROC AUC, %')
+    ax.legend(fontsize=8)
+    ax.set_title('per class')
+    rows = [(name, 100 * sum(per_class[c][name] for c in classes) / len(classes), plt.cm.tab10(i % 10))
+            for i, name in enumerate(names)]
+    rows += [(textwrap.shorten(name, 40, placeholder='..'), percent, 'lightgray') for name, percent in published]
+    rows.sort(key=lambda row: row[1])
+    means_ax.barh(range(len(rows)), [row[1] for row in rows], color=[row[2] for row in rows])
+    means_ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
+    for y, (_, percent, _) in enumerate(rows):
+        means_ax.text(percent, y, f' {percent:.1f}', va='center', fontsize=8)
+    low = min(row[1] for row in rows)
+    means_ax.set_xlim(max(0, low - 5), 104)  # room for the labels of bars near 100
+    means_ax.set_xlabel('mean ROC AUC, %' + (' (gray: published)' if published else ''))
+    means_ax.set_title('mean over the classes')
+    fig.suptitle(wrapped(title, fig))
+    return fig

@@ -10,15 +10,24 @@ import sys
 import pytest
 
 import bench
+import oneclass
 import predict
 import recipes
 import train
 from helpers import ROOT
 
+
+def parse_oneclass(argv):
+    """oneclass.py's own flags, then the rest as train.py takes them."""
+    _, train_flags = oneclass.define_argparser().parse_known_args(argv)
+    train.parse_args(train.define_argparser(), ['--model_fn', 'class.pth', *train_flags])
+
+
 PARSERS = {'train.py': lambda argv: train.parse_args(train.define_argparser(), argv),
            'predict.py': lambda argv: predict.define_argparser().parse_args(argv),
            'bench.py': lambda argv: bench.define_argparser().parse_args(argv),
-           'recipes.py': lambda argv: recipes.define_argparser().parse_args(argv)}
+           'recipes.py': lambda argv: recipes.define_argparser().parse_args(argv),
+           'oneclass.py': parse_oneclass}
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
 
 

@@ -1,0 +1,236 @@
+"""Anomaly detection by the one-class protocol: for each class, train on that class alone, score
+every test image, and report the ROC AUC of "the other classes are anomalies", beside baselines
+measured on the same splits and the published numbers.
+
+    python oneclass.py --dataset fashion_mnist              # all ten classes, the recipe below
+    python oneclass.py --dataset mnist --classes 0 1 --model vae --n_epochs 5
+
+Every flag that oneclass.py does not know goes to train.py, after the recipe's, so it
+overrides them. Each class's checkpoint is kept in --out_dir: the same command again reuses the
+finished ones and resumes an interrupted one.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from tqdm import tqdm
+
+import analysis
+import figures
+from checkpoint import load_checkpoint
+from data_loader import CLASS_NAMES, DATASETS, load_dataset, split_train_valid, to_input
+from model import model_from_checkpoint
+from trainer import progress_bar
+from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, last_line, run_cli, set_seed
+
+# train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
+# anomaly detection".
+RECIPE = '--arch conv --hidden_sizes 32 64 128 --btl_size 128 --n_epochs 40'
+# name -> (what it measures, whether only a VAE can give it); higher is more anomalous.
+SCORES = {
+    'recon': ('reconstruction error, in the image-space loss the model was trained with', False),
+    'neg_elbo': ('negative ELBO, nats', True),
+    'iwae': ('importance-weighted -log p(x), nats', True),
+    'code_gauss': ('-log density of the code under a Gaussian fitted to the training codes', False),
+    'code_knn': ('mean distance to the 5 nearest training codes', False),
+}
+BASELINES = {
+    'pca_recon': 'squared error of the reconstruction by PCA with as many components as the code',
+    'pixel_knn': 'distance to the nearest training image in pixel space',
+}
+CODE_KNN_K = 5
+# Fashion-MNIST, mean AUROC over the ten one-vs-rest splits, % (Golan & El-Yaniv 2018, Table 1,
+# unless another paper is named).
+PUBLISHED = {
+    'fashion_mnist': [
+        ('DSEBM', 86.6),
+        ('ADGAN', 88.4),
+        ('Deep SAD, no labelled anomalies (Ruff et al. 2020)', 89.2),
+        ('convolutional AE + one-class SVM', 91.7),
+        ('one-class SVM on raw pixels', 92.8),
+        ('GEOM, geometric transformations', 93.5),
+        ('ARNet (Ye et al. 2022)', 93.9),
+    ],
+}
+# Arguments of train.py that oneclass.py sets itself for each class.
+OWN_TRAIN_FLAGS = ('--model_fn', '--target_labels', '--resume', '--overwrite', '--verbose')
+
+
+def define_argparser():
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False,
+                       epilog='Any other flag is passed to train.py (e.g. --btl_size 32 --n_epochs 40 --arch conv).')
+    p.add_argument('--dataset', choices=list(DATASETS), default='fashion_mnist', help='(default: %(default)s)')
+    p.add_argument('--data_dir', default='./data', help='(default: %(default)s)')
+    p.add_argument('--classes', type=int, nargs='+', default=None,
+                   help='the normal classes to run, one model each (default: every class of the data set)')
+    p.add_argument('--model', choices=['ae', 'vae'], default='ae', help='(default: %(default)s)')
+    p.add_argument('--scores', nargs='+', choices=list(SCORES), default=None,
+                   help='anomaly scores to measure (default: all that the model gives: '
+                        + '; '.join(f'{name}: {what}' for name, (what, _) in SCORES.items()) + ')')
+    p.add_argument('--iw_samples', type=int_at_least(1), default=100,
+                   help='VAE: samples per image for neg_elbo and iwae (default: %(default)s)')
+    p.add_argument('--out_dir', default='oneclass',
+                   help='where the checkpoints, oneclass.json and oneclass.png go (default: %(default)s)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='retrain every class even where --out_dir holds a checkpoint of it')
+    p.add_argument('--gpu_id', type=int, default=default_gpu_id(),
+                   help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+    return p
+
+
+def chosen_scores(args):
+    if args.scores is None:
+        return [name for name, (_, needs_vae) in SCORES.items() if args.model == 'vae' or not needs_vae]
+    refused = [name for name in args.scores if SCORES[name][1] and args.model != 'vae']
+    if refused:
+        raise CliError(f'--scores {refused[0]}: needs a VAE (--model vae); a plain AutoEncoder has no ELBO')
+    return args.scores
+
+
+def check_classes(classes, labels, train_ratio=.8):
+    """Every class is one of the data set's and has enough images for a train and a valid split."""
+    present = sorted(labels.unique().tolist())
+    for c in classes:
+        if c not in present:
+            raise CliError(f'--classes {c}: not a class of this data set (classes are {present[0]}-{present[-1]})')
+        n = int((labels == c).sum())
+        if int(n * train_ratio) < 2 or n - int(n * train_ratio) < 1:
+            raise CliError(f'--classes {c}: only {n} training image(s), too few to train on and validate')
+
+
+def model_flags(args, c, train_flags):
+    """train.py's flags that define the model of class c: the ones a reused checkpoint must share."""
+    return ['--target_labels', str(c), '--dataset', args.dataset, '--model', args.model, *RECIPE.split(), *train_flags]
+
+
+def saved_flags(flags_fn):
+    if not os.path.isfile(flags_fn):
+        return None
+    with open(flags_fn) as f:
+        return json.load(f)
+
+
+def run_train(model_fn, *flags):
+    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+    result = subprocess.run([sys.executable, train_py, '--model_fn', model_fn, '--verbose', '0', *flags],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CliError(f'{os.path.basename(model_fn)}: {last_line(result.stderr)}')
+
+
+def train_class(args, c, train_flags):
+    """Trains the model of class c, or reuses or resumes the one in --out_dir that was trained
+    with the same flags. Returns its checkpoint's path."""
+    model_fn = os.path.join(args.out_dir, f'class_{c}.pth')
+    flags_fn = os.path.join(args.out_dir, f'class_{c}.flags.json')
+    flags = model_flags(args, c, train_flags)
+    where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir]  # may change between runs
+    if os.path.exists(model_fn) and not args.overwrite:
+        if saved_flags(flags_fn) != flags:
+            raise CliError(f'{model_fn} was trained with other flags; give --overwrite to retrain or another '
+                           f'--out_dir')
+        checkpoint = load_checkpoint(model_fn)
+        if len(checkpoint['history']) < checkpoint['config']['n_epochs']:
+            run_train(model_fn, '--resume', *where)  # an interrupted run: go on where it stopped
+        return model_fn
+    with open(flags_fn, 'w') as f:
+        json.dump(flags, f)
+    run_train(model_fn, *flags, *where, '--overwrite')
+    return model_fn
+
+
+@torch.no_grad()
+def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device):
+    """ROC AUC of each score and baseline for one class's model: the test images of other
+    classes are the anomalies. train_images are all the training images of the class; the
+    model's own train split is taken from them as train.py took it."""
+    checkpoint = load_checkpoint(model_fn)
+    config = checkpoint['config']
+    model = model_from_checkpoint(checkpoint, model_fn).to(device).eval()
+    train_idx, _ = split_train_valid(len(train_images), config['train_ratio'], config['seed'])
+    train_images = train_images[train_idx].to(device)
+    test_images, test_labels = (t.to(device) for t in test)
+    is_anomaly = test_labels != normal
+    wanted = set(names)
+    scores = {}
+    if 'recon' in wanted:
+        scores['recon'] = analysis.image_scores(model, test_images)['recon']
+    if wanted & {'neg_elbo', 'iwae'}:
+        scores['neg_elbo'], scores['iwae'] = analysis.variational_bounds(model, test_images, iw_samples)
+    if wanted & {'code_gauss', 'code_knn'}:
+        train_codes, test_codes = (analysis.encode_all(model, images) for images in (train_images, test_images))
+        scores['code_gauss'] = analysis.gaussian_nll(train_codes, test_codes)
+        scores['code_knn'] = analysis.knn_distance(train_codes, test_codes, CODE_KNN_K)
+    scores['pca_recon'] = analysis.pca_baseline(train_images, test_images, config['btl_size'])['sse']
+    scores['pixel_knn'] = analysis.knn_distance(to_input(train_images), to_input(test_images), 1)
+    return {name: analysis.roc_auc(scores[name], is_anomaly) for name in [*names, *BASELINES]}
+
+
+def results_table(per_class, class_names):
+    names = list(next(iter(per_class.values())))
+    lines = [f'{"class":<24}' + ''.join(f'{name:>12}' for name in names)]
+    for c, aurocs in per_class.items():
+        lines.append(f'{f"{c} {class_names[c]}":<24}' + ''.join(f'{100 * aurocs[n]:>12.1f}' for n in names))
+    means = mean_aurocs(per_class)
+    lines.append(f'{"mean":<24}' + ''.join(f'{100 * means[n]:>12.1f}' for n in names))
+    return '\n'.join(lines)
+
+
+def mean_aurocs(per_class):
+    names = list(next(iter(per_class.values())))
+    return {name: sum(a[name] for a in per_class.values()) / len(per_class) for name in names}
+
+
+def main(argv=None):
+    args, train_flags = define_argparser().parse_known_args(argv)
+    for flag in train_flags:
+        if flag.split('=')[0] in OWN_TRAIN_FLAGS:
+            raise CliError(f'{flag.split("=")[0]}: oneclass.py sets it for each class itself')
+    names = chosen_scores(args)
+    device = get_device(args.gpu_id)
+    images, labels = load_dataset(args.dataset, args.data_dir, train=True)
+    test = load_dataset(args.dataset, args.data_dir, train=False)
+    classes = args.classes or sorted(labels.unique().tolist())
+    check_classes(classes, labels)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+        raise CliError(f'--out_dir {args.out_dir}: cannot create it ({e.strerror})')
+    set_seed(0)  # the IWAE draws
+
+    class_names = CLASS_NAMES[args.dataset]
+    per_class = {}
+    bar = tqdm(classes, desc='classes', unit='class', disable=progress_bar(1, 1))
+    for c in bar:
+        bar.set_postfix_str(f'training {class_names[c]}')
+        model_fn = train_class(args, c, train_flags)
+        bar.set_postfix_str(f'scoring {class_names[c]}')
+        per_class[c] = class_aurocs(model_fn, c, images[labels == c], test, names, args.iw_samples, device)
+    bar.close()
+
+    print(results_table(per_class, class_names))
+    means = mean_aurocs(per_class)
+    published = PUBLISHED.get(args.dataset, []) if len(classes) == len(labels.unique()) else []
+    summary = {'dataset': args.dataset, 'train_flags': [*RECIPE.split(), *train_flags], 'model': args.model,
+               'scores': {name: SCORES[name][0] for name in names}, 'baselines': BASELINES,
+               'per_class': {str(c): aurocs for c, aurocs in per_class.items()}, 'mean': means,
+               'published_mean_percent': dict(published)}
+    json_path = os.path.join(args.out_dir, 'oneclass.json')
+    with open(json_path, 'w') as f:
+        json.dump(summary, f, indent=2)
+    fig = figures.auroc_by_class(per_class, class_names, list(BASELINES), published,
+                                 f'{args.dataset}, one class normal, the others anomalies')
+    figure_path = figures.save(fig, os.path.join(args.out_dir, 'oneclass.png'))
+    for path in (json_path, figure_path):
+        print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    try:
+        run_cli(main, 'oneclass.py')
+    except KeyboardInterrupt:
+        print('\noneclass.py: interrupted; the same command again goes on where it stopped '
+              '(finished classes are kept)', file=sys.stderr)
+        sys.exit(130)
