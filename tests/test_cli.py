@@ -32,6 +32,14 @@ def test_train_prints_a_summary_and_the_epochs(trained):
     assert re.search(r'epoch 3: train loss=', result.stdout)
 
 
+def test_verbose_2_prints_the_whole_model_and_the_optimizer(data_dir, tmp_path, capsys):
+    run_cli(lambda: train.main(['--model_fn', str(tmp_path / 'm.pth'), '--data_dir', data_dir, *TINY, '--n_epochs', '1',
+                                '--verbose', '2']), 'train.py')
+    out = capsys.readouterr().out
+    assert 'Linear(in_features=784, out_features=64' in out and 'Adam (' in out
+    assert re.search(r'^AutoEncoder: [\d,]+ parameters on cpu$', out, re.M) and 'epoch 1: train loss=' in out
+
+
 def test_checkpoint_loads_with_weights_only(trained):
     model_fn, _ = trained
     checkpoint = torch.load(model_fn, weights_only=True)

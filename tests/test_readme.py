@@ -71,11 +71,14 @@ def test_the_readme_test_command_is_the_one_ci_runs():
 @pytest.mark.skipif(not os.path.isfile(FASHION_MNIST), reason='needs Fashion-MNIST (apt-get install '
                                                               'dataset-fashion-mnist); .ci/run installs it')
 def test_the_quick_start_runs_as_written(tmp_path):
-    """In a fresh folder, with the scripts of this checkout: about two minutes on 2 CPU cores."""
-    commands = dict(bash_blocks(os.path.join(ROOT, 'README.md')))['## Quick start']
+    """In a fresh folder, with the scripts of this checkout, then the predict.py command of the
+    tour on the same checkpoint: about two minutes on 2 CPU cores."""
+    blocks = dict(bash_blocks(os.path.join(ROOT, 'README.md')))
+    commands = blocks['## Quick start'] + blocks['## predict.py']  # the tour's predict.py reads the same ae.pth
     for command in commands:
         _, script, *argv = shlex.split(command)
         result = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f'{command}: {result.stderr}'
     assert (tmp_path / 'ae.pth').is_file() and (tmp_path / 'ae_predict' / 'metrics.json').is_file()
+    assert (tmp_path / 'ae_figures' / 'reconstructions.png').is_file()
