@@ -15,6 +15,7 @@ import time
 
 from tqdm import tqdm
 
+from trainer import progress_bar
 from utils import ArgumentParser, CliError, int_at_least, last_line, print_rows, run_cli
 
 # name -> (train.py flags beyond the defaults of config.py, what predict.py computes)
@@ -60,7 +61,7 @@ def run_recipes(args):
     extra = ['--amp'] * args.amp + ['--compile'] * args.compile
     overwrite = ['--overwrite'] * args.overwrite
     results = {}
-    for name, (flags, what) in tqdm(RECIPES.items(), desc='recipes', unit='recipe'):
+    for name, (flags, what) in tqdm(RECIPES.items(), desc='recipes', unit='recipe', disable=progress_bar(1, 1)):
         model_fn = os.path.join(args.recipes_dir, name + '.pth')
         flags = flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else []) + extra
         start = time.perf_counter()
