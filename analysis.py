@@ -170,16 +170,16 @@ def anomaly_score(scores):
 
 
 @torch.no_grad()
-def test_metrics(model, train_set, test_set, scores, knn_k, iw_samples=None, sparse=False, noise=False,
+def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=None, sparse=False, noise=False,
                  batch_size=1024):
     """Every number of predict.py's metrics table for one model, as a dict of floats and ints:
     its own losses, its reconstruction errors, kNN on its codes, the same for PCA with as
     many components, and what applies to this model (the VAE's bounds and active units, a
     sparse code's near-zero share, a denoiser's error from noisy inputs). train_set and
-    test_set are (uint8 images, labels); scores are image_scores() of the test images."""
+    test_set are (uint8 images, labels); codes are encode_all() of both, (train, test); scores
+    are image_scores() of the test images."""
     (train_images, train_labels), (test_images, test_labels) = train_set, test_set
-    train_codes = encode_all(model, train_images, batch_size)
-    test_codes = encode_all(model, test_images, batch_size)
+    train_codes, test_codes = codes
     k = test_codes.shape[1]
     knn = knn_predict(train_codes, train_labels, test_codes, knn_k)
     pca = pca_baseline(train_images, test_images, k)

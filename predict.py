@@ -229,7 +229,8 @@ class Report:
     def metrics(self):
         scores = {name: value[self.known] for name, value in self.all_scores.items()}
         m = {'n_test': len(self.images), **analysis.test_metrics(
-            self.model, self.train_set, (self.images, self.labels), scores, KNN_K, self.args.iw_samples,
+            self.model, self.train_set, (self.images, self.labels), (self.train_codes, self.test_codes), scores,
+            KNN_K, self.args.iw_samples,
             sparse=bool(self.config.get('l1') or self.config.get('sparsity')), noise=bool(self.config.get('noise')),
             batch_size=self.args.batch_size)}
         print('\n' + analysis.metrics_table(m, KNN_K))
