@@ -1,7 +1,6 @@
 """bench.py's pieces on small inputs: its FLOP counts, its baseline's inputs, its timers."""
 import json
 
-import pytest
 import torch
 
 import bench

@@ -70,8 +70,8 @@ def test_the_same_seed_on_the_same_machine_gives_identical_checkpoints(model, da
     a = train_in_process('--model_fn', str(tmp_path / 'a.pth'), *common)
     b = train_in_process('--model_fn', str(tmp_path / 'b.pth'), *common)
     c = train_in_process('--model_fn', str(tmp_path / 'c.pth'), *common, '--seed', '2')
-    for checkpoint in (a, b):
-        del checkpoint['config']['model_fn']  # the one thing that differs: the name they were given
+    for saved in (a, b):
+        del saved['config']['model_fn']  # the one thing that differs: the name they were given
     assert_equal_values(a, b)  # weights, optimizer state, history, random number generator states
     assert not torch.equal(a['model']['encoder.0.block.0.weight'], c['model']['encoder.0.block.0.weight'])
 
