@@ -176,24 +176,25 @@ def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=No
     its own losses, its reconstruction errors, kNN on its codes, the same for PCA with as
     many components, and what applies to this model (the VAE's bounds and active units, a
     sparse code's near-zero share, a denoiser's error from noisy inputs). train_set and
-    test_set are (uint8 images, labels); codes are encode_all() of both, (train, test); scores
-    are image_scores() of the test images."""
+    test_set are (uint8 images, labels), labels None for unlabelled data (no kNN accuracy);
+    codes are encode_all() of both, (train, test); scores are image_scores() of the test images."""
     (train_images, train_labels), (test_images, test_labels) = train_set, test_set
     train_codes, test_codes = codes
     k = test_codes.shape[1]
-    knn = knn_predict(train_codes, train_labels, test_codes, knn_k)
     pca = pca_baseline(train_images, test_images, k)
-    pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], knn_k)
     m = {name: value.mean().item() for name, value in own_losses(scores, model.has_prior).items()}
     m.update({
         'sse_per_image': scores['sse'].mean().item(),
         'bce_per_image': scores['bce'].mean().item(),
-        'knn_accuracy': (knn == test_labels).float().mean().item(),
         'pca_components': k,
         'pca_sse_per_image': pca['sse'].mean().item(),
         'pca_bce_per_image': pca['bce'].mean().item(),
-        'pca_knn_accuracy': (pca_knn == test_labels).float().mean().item(),
     })
+    if train_labels is not None:
+        knn = knn_predict(train_codes, train_labels, test_codes, knn_k)
+        pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], knn_k)
+        m['knn_accuracy'] = (knn == test_labels).float().mean().item()
+        m['pca_knn_accuracy'] = (pca_knn == test_labels).float().mean().item()
     if sparse:
         m['code_near_zero'] = (test_codes.abs() < NEAR_ZERO).float().mean().item()
     if noise:
@@ -224,7 +225,7 @@ def metrics_table(m, knn_k):
             (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy')]
     header = f'test set ({m["n_test"]} images)'
     lines = [f'{header:<42} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
-    lines += [f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows]
+    lines += [f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows if ours in m]
     singles = [('noisy_sse_per_image', '  the same from noisy inputs', '.4f'),
                ('code_near_zero', f'code activations with |z| < {NEAR_ZERO}', '.2%'),
                ('neg_elbo', 'negative ELBO, nats per image', '.4f'),

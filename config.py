@@ -24,6 +24,7 @@ MODEL = dict(
     l1=0.,
     sparsity=None,
     sparsity_weight=1.,
+    image_shape=[1, 28, 28],  # (channels, height, width) of the input: not a flag, train.py sets it from the data
 )
 
 TRAINING = dict(
@@ -42,7 +43,9 @@ TRAINING = dict(
 DATA = dict(
     dataset='mnist',
     data_dir='./data',
-    target_labels=None,
+    target_labels=None,  # class indices
+    image_size=None,     # [height, width] to resize the images to
+    channels=None,       # 1 (gray) or 3 (colour) to convert the images to
 )
 
 DEFAULTS = {**MODEL, **TRAINING, **DATA}

@@ -1,22 +1,29 @@
-"""MNIST-style data: IDX files read into uint8 tensors, a seeded train/valid split, batches.
+"""Data: MNIST-style IDX files or a folder of one's own images, read into uint8 tensors of
+(N, channels, height, width), a seeded train/valid split, batches.
 
-The whole data set stays on the chosen device as uint8 (47 MB for 60,000 images, a quarter of
-float32); each batch is gathered with one index and converted to floats in [0, 1] on the fly.
+The whole data set stays on the chosen device as uint8 (47 MB for 60,000 images of 28 x 28, a
+quarter of float32); each batch is gathered with one index and converted to floats in [0, 1] on
+the fly. A folder of images is decoded once into a cache (see read_folder).
 """
 import gzip
+import hashlib
+import json
 import math
 import os
+import re
 import zlib
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from utils import CliError
+from utils import CliError, first_line
 
 DATASETS = {
     # name: (torchvision class name, its raw folder under data_dir, extra folders to search)
     'mnist': ('MNIST', 'MNIST/raw', []),
     'fashion_mnist': ('FashionMNIST', 'FashionMNIST/raw', ['/usr/share/datasets/fashion-mnist']),
+    'folder': None,  # a folder of images: --data_dir names it (see load_folder)
 }
 CLASS_NAMES = {
     'mnist': [str(digit) for digit in range(10)],
@@ -129,8 +136,18 @@ def _download(dataset, data_dir):
         return False
 
 
-def load_dataset(dataset, data_dir, train, download=True):
-    """Returns (images, labels): uint8 (N, 28, 28) and int64 (N,) of the train or test set."""
+def load_dataset(dataset, data_dir, train, download=True, image_size=None, channels=None):
+    """Returns (images, labels) of the train or test set: uint8 (N, C, H, W) and int64 (N,).
+    image_size (H, W) resizes the images and channels (1 or 3) converts them; without them a
+    folder's images must all have the same size and kind, and MNIST's are 1 x 28 x 28."""
+    if dataset == 'folder':
+        return load_folder(data_dir, train, image_size, channels)
+    images, labels = load_idx_dataset(dataset, data_dir, train, download)
+    return convert(images[:, None], image_size, channels), labels
+
+
+def load_idx_dataset(dataset, data_dir, train, download):
+    """(images, labels) of MNIST or Fashion-MNIST: uint8 (N, 28, 28) and int64 (N,)."""
     prefix = 'train' if train else 't10k'
     names = (f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte')
     folders = search_folders(dataset, data_dir)
@@ -150,15 +167,260 @@ def load_dataset(dataset, data_dir, train, download=True):
     return images, labels.long()
 
 
+def class_names(dataset, data_dir):
+    """The names of the classes, indexed by label; None for a folder of images without class
+    folders (unlabelled)."""
+    if dataset != 'folder':
+        return CLASS_NAMES[dataset]
+    check_folder(data_dir)
+    root = os.path.join(data_dir, 'train') if is_train_test_pair(data_dir) else data_dir
+    return list_images(root)[2]
+
+
+# --- a folder of images ---------------------------------------------------------------------------------------------
+
+# What torchvision.io.decode_image reads; other files in the folder are ignored.
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
+# A folder without train/ and test/ subfolders: this share of its images, drawn with this seed
+# (whatever --seed is, so that every run is tested on the same images), is its test set.
+HELD_OUT_SHARE = .2
+HELD_OUT_SEED = 0
+CACHE_VERSION = 1
+
+
+def check_folder(data_dir):
+    if not os.path.isdir(data_dir):
+        raise DataError(f'--data_dir {data_dir}: no such folder; give the folder of your images')
+
+
+def is_train_test_pair(data_dir):
+    return all(os.path.isdir(os.path.join(data_dir, name)) for name in ('train', 'test'))
+
+
+def load_folder(data_dir, train, image_size=None, channels=None):
+    """(images, labels) of a folder of images: its train/ or test/ subfolder when it has both,
+    else the seeded HELD_OUT_SHARE of its images (test) or the rest (train). Class subfolders
+    give the labels, in the sorted order of their names; a folder of images alone is
+    unlabelled (every label 0)."""
+    check_folder(data_dir)
+    if is_train_test_pair(data_dir):
+        train_dir, test_dir = (os.path.join(data_dir, name) for name in ('train', 'test'))
+        names, test_names = list_images(train_dir)[2], list_images(test_dir)[2]
+        if (names is None) != (test_names is None):
+            raise DataError(f'{data_dir}: one of train/ and test/ has class folders and the other not; give both '
+                            f'class folders or neither')
+        return read_folder(train_dir if train else test_dir, image_size, channels, names)
+    images, labels = read_folder(data_dir, image_size, channels)
+    n_test = int(len(images) * HELD_OUT_SHARE)
+    if n_test < 1 or n_test == len(images):
+        raise DataError(f'{data_dir}: {len(images)} images are too few to hold out a test set; add images or '
+                        f'give train/ and test/ subfolders')
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    kept = (order[n_test:] if train else order[:n_test]).sort().values  # in the folder's order
+    return images[kept], labels[kept]
+
+
+def is_image(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def visible(folder):
+    """The entries of a folder that do not start with a dot, sorted by name."""
+    return sorted((e for e in os.scandir(folder) if not e.name.startswith('.')), key=lambda e: e.name)
+
+
+def images_under(folder):
+    """Every image file in folder and its subfolders, in sorted order."""
+    found = []
+    for entry in visible(folder):
+        if entry.is_dir():
+            found += images_under(entry.path)
+        elif entry.is_file() and is_image(entry.name):
+            found.append(entry.path)
+    return found
+
+
+def list_images(root, known_classes=None):
+    """(paths, labels, class names) of a folder: one subfolder per class (labels from the
+    sorted names, or from known_classes, the training set's, for a test folder), or images
+    alone (labels 0, class names None)."""
+    try:
+        entries = visible(root)
+    except OSError as e:
+        raise DataError(f'{root}: cannot read the folder ({e.strerror})')
+    folders = [e for e in entries if e.is_dir()]
+    files = [e.path for e in entries if e.is_file() and is_image(e.name)]
+    kinds = ' '.join(IMAGE_EXTENSIONS)
+    if not folders:
+        if not files:
+            what = 'an empty folder' if not entries else f'a folder with no images ({kinds})'
+            raise DataError(f'{root}: {what}; give a folder of images or of class folders of images')
+        return files, [0] * len(files), None
+    if files:
+        raise DataError(f'{files[0]}: an image beside the class folders of {root}; move it into its class folder')
+    names = [e.name for e in folders]
+    classes = names if known_classes is None else known_classes
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise DataError(f'{os.path.join(root, unknown[0])}: a class that the training folder does not have')
+    paths, labels = [], []
+    for folder in folders:
+        found = images_under(folder.path)
+        if not found:
+            raise DataError(f'{folder.path}: a class folder with no images ({kinds}); add images or remove it')
+        paths += found
+        labels += [classes.index(folder.name)] * len(found)
+    return paths, labels, classes
+
+
+def read_folder(root, image_size=None, channels=None, known_classes=None):
+    """(images, labels) of every image in root, decoded with torchvision. The decoded images
+    are cached (cache_file): a later read of the same files, unchanged, loads the cache."""
+    paths, labels = list_images(root, known_classes)[:2]
+    cache_path = cache_file(root, paths, image_size, channels)
+    images = load_cache(cache_path, len(paths))
+    if images is None:
+        images = decode_images(paths, image_size, channels)
+        save_cache(cache_path, images)
+    return images, torch.tensor(labels, dtype=torch.long)
+
+
+def cache_folder():
+    return os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'autoencoders')
+
+
+def cache_file(root, paths, image_size, channels):
+    """The cache's name: a hash of the folder and of how its images are converted, then a hash
+    of its file list (names, sizes, modification times), so that a changed folder gets a new
+    name and replaces the cache of its old state."""
+    stats = [(os.path.relpath(path, root), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+    folder = json.dumps([CACHE_VERSION, os.path.abspath(root), image_size and list(image_size), channels])
+    return os.path.join(cache_folder(), f'{digest(folder, 12)}-{digest(json.dumps(stats), 24)}.pt')
+
+
+def digest(text, n_chars):
+    return hashlib.sha256(text.encode()).hexdigest()[:n_chars]
+
+
+def load_cache(path, n_images):
+    """The cached images, or None when there is no usable cache."""
+    try:
+        images = torch.load(path, weights_only=True, mmap=True)
+    except Exception:  # no cache yet, or one cut off or damaged: decode again
+        return None
+    return images if isinstance(images, torch.Tensor) and len(images) == n_images else None
+
+
+def save_cache(path, images):
+    """Writes the cache atomically and removes older caches of the same folder. A cache that
+    cannot be written only costs time, so it is reported and skipped."""
+    folder = os.path.dirname(path)
+    tmp_path = path + f'.{os.getpid()}.tmp'
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(images, tmp_path)
+        os.replace(tmp_path, path)
+        folder_id = os.path.basename(path).split('-')[0]
+        for name in os.listdir(folder):
+            if name.startswith(folder_id + '-') and name != os.path.basename(path):
+                os.unlink(os.path.join(folder, name))
+    except OSError as e:
+        print(f'note: cannot write the image cache in {folder} ({e.strerror}); the folder will be decoded again '
+              f'next time')
+
+
+def decode_images(paths, image_size=None, channels=None):
+    """Decodes image files into one uint8 tensor (N, C, H, W). Without image_size they must
+    share one size, and without channels one kind (gray or colour); alpha is dropped."""
+    import torchvision.io  # slow to import, and only needed here
+    images = first = None
+    for i, path in enumerate(tqdm(paths, desc=f'decoding {len(paths)} images', unit='image', disable=None,
+                                  leave=False)):
+        try:
+            image = torchvision.io.decode_image(torchvision.io.read_file(path), torchvision.io.ImageReadMode.UNCHANGED)
+        except RuntimeError as e:
+            raise DataError(f'{path}: cannot decode it as an image ({decoder_message(e)}); replace or remove the file')
+        # |image| = (C, H, W): C is 1 gray, 2 gray + alpha, 3 colour, 4 colour + alpha
+        image = image[:1] if len(image) <= 2 else image[:3]
+        if first is None:
+            first, first_image = path, image
+        elif channels is None and len(image) != len(first_image):
+            gray, colour = (first, path) if len(first_image) == 1 else (path, first)
+            raise DataError(f'{gray} is gray and {colour} is colour; give --channels 1 or --channels 3 to convert '
+                            f'them all')
+        elif image_size is None and image.shape[1:] != first_image.shape[1:]:
+            raise DataError(f'{first} is {size_text(first_image)} and {path} is {size_text(image)}; give '
+                            f'--image_size H W to resize them all')
+        image = convert(image, image_size, channels)
+        if images is None:
+            images = torch.empty((len(paths), *image.shape), dtype=torch.uint8)
+        images[i] = image
+    return images
+
+
+def write_image_folder(root, images, labels=None, names=None, ext='.png'):
+    """Writes uint8 images (N, C, H, W) as image files that load_folder reads back in the same
+    order: numbered files, in one folder per class when labels are given (named by names, with
+    any '/' written as '-'). PNG is lossless; JPEG ('.jpg') is written at quality 95."""
+    import torchvision.io  # slow to import, and only needed here
+    for i, image in enumerate(images):
+        folder = root
+        if labels is not None:
+            label = int(labels[i])
+            folder = os.path.join(root, (names[label] if names else str(label)).replace('/', '-'))
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f'{i:06d}{ext}')
+        if ext == '.png':
+            torchvision.io.write_png(image, path)
+        else:
+            torchvision.io.write_jpeg(image, path, quality=95)
+    return root
+
+
+def decoder_message(error):
+    """torchvision's decoding error without the C++ source location, to its first sentence."""
+    return re.sub(r'^[\w()]+, \S+:\d+, ', '', first_line(error)).split('. ')[0]
+
+
+def size_text(image):
+    return f'{image.shape[-2]} x {image.shape[-1]}'
+
+
+def convert(images, image_size=None, channels=None):
+    """uint8 images (..., C, H, W) resized to image_size (H, W) and converted to channels (1:
+    gray, 3: colour) where given and different."""
+    from torchvision.transforms.v2 import functional  # slow to import, and only needed here
+    if channels == 1 and images.shape[-3] == 3:
+        images = functional.rgb_to_grayscale(images)
+    elif channels == 3 and images.shape[-3] == 1:
+        images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    if image_size and tuple(images.shape[-2:]) != tuple(image_size):
+        images = functional.resize(images, list(image_size), antialias=True)
+    return images.contiguous()
+
+
+def class_indices(classes, names, flag='--target_labels'):
+    """Class names or indices (as given on the command line, or ints) -> sorted indices. A
+    name is looked up first, so that a folder named 3 is class '3' whatever its index."""
+    if names is None:
+        raise CliError(f'{flag}: this data set has no classes (a folder of images without class folders)')
+    indices = []
+    for given in classes:
+        if str(given) in names:
+            indices.append(names.index(str(given)))
+        elif str(given).isdigit() and int(given) < len(names):
+            indices.append(int(given))
+        else:
+            shown = ', '.join(names) if len(names) <= 12 else f'{", ".join(names[:12])}, ...'
+            raise CliError(f'{flag} {given}: not a class of this data set (classes 0-{len(names) - 1}: {shown})')
+    return sorted(set(indices))
+
+
 def select_labels(images, labels, target_labels):
-    """Keeps only the images of target_labels (all of them when it is None or empty)."""
+    """Keeps only the images of target_labels, class indices (all of them when it is None or
+    empty)."""
     if not target_labels:
         return images, labels
-    classes = sorted(labels.unique().tolist())
-    unknown = [t for t in target_labels if t not in classes]
-    if unknown:
-        raise CliError(f'--target_labels {" ".join(map(str, unknown))}: not a class of this data set '
-                       f'(classes are {classes[0]}-{classes[-1]})')
     keep = torch.isin(labels, torch.tensor(target_labels))
     return images[keep], labels[keep]
 
@@ -175,6 +437,6 @@ def split_train_valid(n, train_ratio, seed):
 
 
 def to_input(images):
-    """uint8 images (B, H, W) -> float inputs (B, H * W) in [0, 1]."""
-    # |x| = (batch_size, 784)
+    """uint8 images (B, C, H, W) -> float inputs (B, C * H * W) in [0, 1]."""
+    # |x| = (batch_size, C * H * W), e.g. (batch_size, 784) for MNIST
     return images.reshape(len(images), -1).float().div_(255)

@@ -9,8 +9,6 @@ matplotlib.use('Agg')  # files only, no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from model import IMAGE_SHAPE
-
 CLASSES_BESIDE = 12  # more classes go in a legend below the plot
 LEGEND_COLUMNS_BELOW = 3
 
@@ -51,9 +49,18 @@ def class_legend(fig, ax):
         fig.legend(loc='outside lower center', markerscale=3, fontsize=8, ncols=LEGEND_COLUMNS_BELOW)
 
 
+def show(ax, image, **imshow):
+    """Draws one image (C, H, W) in [0, 1]: one channel in shades of gray, three in colour."""
+    image = image.detach().clamp(0, 1).cpu()
+    if len(image) == 1:
+        ax.imshow(image[0].numpy(), cmap='gray', vmin=0, vmax=1, **imshow)
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy(), **imshow)
+
+
 def image_rows(rows, title):
     """One row of images per (label, images) pair, the label on the left; images are
-    (n, 784) in [0, 1]."""
+    (n, C, H, W) in [0, 1]."""
     n_cols = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(max(n_cols, 4) + 1, len(rows) + .8), squeeze=False,
                              layout='constrained')
@@ -64,7 +71,7 @@ def image_rows(rows, title):
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(images):
-                ax.imshow(images[c].reshape(IMAGE_SHAPE).clamp(0, 1).cpu().numpy(), cmap='gray', vmin=0, vmax=1)
+                show(ax, images[c])
             else:
                 ax.axis('off')
         axes[r, 0].set_ylabel(label, rotation=0, ha='right', va='center')
@@ -73,7 +80,8 @@ def image_rows(rows, title):
 
 
 def image_grid(images, title, captions=None, n_cols=8):
-    """Images in rows of n_cols, each with its caption (e.g. its class) below it when given."""
+    """Images (n, C, H, W) in rows of n_cols, each with its caption (e.g. its class) below it
+    when given."""
     n_rows = math.ceil(len(images) / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * 1.1, n_rows * (1.3 if captions else 1.1) + .8),
                              squeeze=False, layout='constrained')
@@ -83,7 +91,7 @@ def image_grid(images, title, captions=None, n_cols=8):
         if i >= len(images):
             ax.axis('off')
             continue
-        ax.imshow(images[i].reshape(IMAGE_SHAPE).clamp(0, 1).cpu().numpy(), cmap='gray', vmin=0, vmax=1)
+        show(ax, images[i])
         if captions:
             ax.set_xlabel(textwrap.shorten(captions[i], 14, placeholder='..'), fontsize=8)
     fig.suptitle(wrapped(title, fig))
@@ -127,13 +135,13 @@ def decision_regions(regions, extent, codes, labels, class_names, title):
 
 
 def decoded_grid(images, axis, title):
-    """Images decoded on an n x n grid of codes (axis: the n values of each coordinate), z2
-    growing upwards."""
+    """Images (n * n, C, H, W) decoded on an n x n grid of codes (axis: the n values of each
+    coordinate), z2 growing upwards."""
     n = len(axis[0])
-    h, w = IMAGE_SHAPE
-    mosaic = images.clamp(0, 1).view(n, n, h, w).permute(0, 2, 1, 3).reshape(n * h, n * w).cpu()
+    c, h, w = images.shape[1:]
+    mosaic = images.view(n, n, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, n * h, n * w)
     fig, ax = plt.subplots(figsize=(9, 9), layout='constrained')
-    ax.imshow(mosaic.numpy(), cmap='gray', vmin=0, vmax=1, extent=(0, n, 0, n))
+    show(ax, mosaic, extent=(0, n, 0, n))
     ticks = list(range(0, n, 4))
     ax.set_xticks([t + .5 for t in ticks], [f'{axis[0][t]:.2f}' for t in ticks])
     ax.set_yticks([t + .5 for t in ticks], [f'{axis[1][t]:.2f}' for t in ticks])

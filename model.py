@@ -1,12 +1,14 @@
 """Every model of the repository. All of them share one interface, which is all that the
 Trainer and predict.py use:
 
-    encode(x) -> z          the code of a batch, |x| = (batch_size, 784)
+    encode(x) -> z          the code of a batch, |x| = (batch_size, C * H * W), 784 for MNIST
     decode(z) -> x_hat      images in pixel space
     forward(x) -> x_hat     the reconstruction, decode(encode(x))
     loss(x) -> (loss, parts)  a scalar to minimise, per image, and a dict of its named terms
     set_epoch(epoch)        told by the Trainer before each epoch (the VAE's KL warm-up uses it)
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,8 +17,6 @@ from torch.distributions import Normal
 from config import DEFAULTS
 from utils import CliError, first_line
 
-INPUT_SIZE = 28 * 28
-IMAGE_SHAPE = (28, 28)
 CONV_CHANNELS = [32, 64]  # --arch conv without --hidden_sizes: 28 -> 14 -> 7
 LSTM_HIDDEN_SIZE = 128
 # The VAE's posterior log-variance is capped here: a posterior wider than the N(0, I) prior
@@ -79,60 +79,84 @@ def mirrored_mlps(input_size, hidden_sizes, btl_size, encoder_out_size, tied=Fal
     return encoder, decoder
 
 
-def mirrored_convs(channels, btl_size, encoder_out_size, **block):
-    """Conv2d blocks (3 x 3, stride 2) from 1 x 28 x 28 through the given channels, then a
-    Linear to encoder_out_size; the decoder mirrors it with a Linear and ConvTranspose2d
-    blocks back to 1 x 28 x 28."""
-    sides = [IMAGE_SHAPE[0]]
+def mirrored_convs(image_shape, channels, btl_size, encoder_out_size, **block):
+    """Conv2d blocks (3 x 3, stride 2) from image_shape (C, H, W) through the given channels,
+    then a Linear to encoder_out_size; the decoder mirrors it with a Linear and
+    ConvTranspose2d blocks back to C x H x W."""
+    sizes = [tuple(image_shape[1:])]
     for _ in channels:
-        sides.append((sides[-1] + 1) // 2)  # 28 -> 14 -> 7 -> 4 ...
-    ins, flat = [1] + channels[:-1], channels[-1] * sides[-1] ** 2
+        sizes.append(tuple((side + 1) // 2 for side in sizes[-1]))  # 28 -> 14 -> 7 -> 4 ...
+    ins, flat = [image_shape[0]] + channels[:-1], channels[-1] * math.prod(sizes[-1])
     encoder = nn.Sequential(
-        nn.Unflatten(1, (1, *IMAGE_SHAPE)),
+        nn.Unflatten(1, tuple(image_shape)),
         *[Block(a, b, layer=nn.Conv2d(a, b, 3, stride=2, padding=1), **block) for a, b in zip(ins, channels)],
         nn.Flatten(),
         nn.Linear(flat, encoder_out_size))
 
-    def up(a, b, side_in, side_out):  # output_padding makes each layer land on its mirror's size
-        return nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=side_out - (2 * side_in - 1))
+    def up(a, b, size_in, size_out):  # output_padding makes each layer land on its mirror's size
+        return nn.ConvTranspose2d(a, b, 3, stride=2, padding=1,
+                                  output_padding=tuple(o - (2 * i - 1) for i, o in zip(size_in, size_out)))
 
-    ups = [up(b, a, sides[i + 1], sides[i]) for i, (a, b) in reversed(list(enumerate(zip(ins, channels))))]
+    ups = [up(b, a, sizes[i + 1], sizes[i]) for i, (a, b) in reversed(list(enumerate(zip(ins, channels))))]
     decoder = nn.Sequential(
         Block(btl_size, flat, **block),
-        nn.Unflatten(1, (channels[-1], sides[-1], sides[-1])),
+        nn.Unflatten(1, (channels[-1], *sizes[-1])),
         *[Block(layer.in_channels, layer.out_channels, layer=layer, **block) for layer in ups[:-1]],
         ups[-1],
         nn.Flatten())
     return encoder, decoder
 
 
-class RowLSTMEncoder(nn.Module):
-    """Reads an image as a sequence of 28 rows of 28 pixels; the last hidden state, through a
-    Linear, is the code."""
+def to_rows(x, image_shape):
+    """Flat images (B, C * H * W) -> their rows (B, H, C * W), each row's channels side by side."""
+    c, h, w = image_shape
+    return x.view(len(x), c, h, w).transpose(1, 2).reshape(len(x), h, c * w)
 
-    def __init__(self, hidden_size, out_size):
+
+def from_rows(rows, image_shape):
+    """The inverse of to_rows."""
+    c, h, w = image_shape
+    return rows.view(len(rows), h, c, w).transpose(1, 2).flatten(1)
+
+
+def fp32_lstm(x):
+    """The LSTM runs in fp32 also under autocast (train.py --amp): oneDNN has no bf16 LSTM on CPUs
+    without bf16 instructions (it fails to build one there), and an LSTM this small gains little."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+class RowLSTMEncoder(nn.Module):
+    """Reads an image as a sequence of its rows (28 rows of 28 pixels for MNIST); the last
+    hidden state, through a Linear, is the code."""
+
+    def __init__(self, image_shape, hidden_size, out_size):
         super().__init__()
-        self.lstm = nn.LSTM(IMAGE_SHAPE[1], hidden_size, batch_first=True)
+        self.image_shape = tuple(image_shape)
+        self.lstm = nn.LSTM(image_shape[0] * image_shape[2], hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, out_size)
 
     def forward(self, x):
-        _, (h, _) = self.lstm(x.view(len(x), *IMAGE_SHAPE))
+        with fp32_lstm(x):
+            _, (h, _) = self.lstm(to_rows(x, self.image_shape).float())
         # |h| = (1, batch_size, hidden_size)
         return self.head(h[-1])
 
 
 class RowLSTMDecoder(nn.Module):
-    """Repeats the code at each of the 28 steps; an LSTM and a per-step Linear write the rows."""
+    """Repeats the code at each of the image's rows; an LSTM and a per-step Linear write the
+    rows."""
 
-    def __init__(self, btl_size, hidden_size):
+    def __init__(self, image_shape, btl_size, hidden_size):
         super().__init__()
+        self.image_shape = tuple(image_shape)
         self.lstm = nn.LSTM(btl_size, hidden_size, batch_first=True)
-        self.row = nn.Linear(hidden_size, IMAGE_SHAPE[1])
+        self.row = nn.Linear(hidden_size, image_shape[0] * image_shape[2])
 
     def forward(self, z):
-        y, _ = self.lstm(z[:, None].expand(-1, IMAGE_SHAPE[0], -1))
-        # |y| = (batch_size, 28, hidden_size)
-        return self.row(y).flatten(1)
+        with fp32_lstm(z):
+            y, _ = self.lstm(z[:, None].expand(-1, self.image_shape[1], -1).float())
+        # |y| = (batch_size, H, hidden_size)
+        return from_rows(self.row(y), self.image_shape)
 
 
 class Codec(nn.Module):
@@ -293,20 +317,22 @@ def hidden_size_schedule(input_size, btl_size, n_layers):
     return [max(round(input_size - step * (i + 1)), 1) for i in range(n_layers)]
 
 
-def build_model(config, input_size=INPUT_SIZE):
+def build_model(config):
     """Builds the model that a config (the flags of train.py, as a dict) describes; a key it
     lacks (a checkpoint older than the flag) takes its default from config.DEFAULTS."""
     config = {**DEFAULTS, **config}
+    image_shape, input_size = config['image_shape'], math.prod(config['image_shape'])
     btl_size, variational = config['btl_size'], config['model'] == 'vae'
     encoder_out_size = 2 * btl_size if variational else btl_size
     block = dict(use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'],
                  activation=config['activation'], bn_eps=config['bn_eps'])
     if config['arch'] == 'conv':
-        encoder, decoder = mirrored_convs(list(config['hidden_sizes'] or CONV_CHANNELS), btl_size, encoder_out_size,
-                                          **block)
+        encoder, decoder = mirrored_convs(image_shape, list(config['hidden_sizes'] or CONV_CHANNELS), btl_size,
+                                          encoder_out_size, **block)
     elif config['arch'] == 'lstm':
         hidden_size = (config['hidden_sizes'] or [LSTM_HIDDEN_SIZE])[0]
-        encoder, decoder = RowLSTMEncoder(hidden_size, encoder_out_size), RowLSTMDecoder(btl_size, hidden_size)
+        encoder = RowLSTMEncoder(image_shape, hidden_size, encoder_out_size)
+        decoder = RowLSTMDecoder(image_shape, btl_size, hidden_size)
     else:
         hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, btl_size, config['n_layers'])
         encoder, decoder = mirrored_mlps(input_size, list(hidden_sizes), btl_size, encoder_out_size,

@@ -20,7 +20,8 @@ from tqdm import tqdm
 import analysis
 import figures
 from checkpoint import load_checkpoint
-from data_loader import CLASS_NAMES, DATASETS, load_dataset, split_train_valid, to_input
+from config import DEFAULTS
+from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid, to_input
 from model import model_from_checkpoint
 from trainer import progress_bar
 from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, last_line, run_cli, set_seed
@@ -62,9 +63,14 @@ def define_argparser():
     p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False,
                        epilog='Any other flag is passed to train.py (e.g. --btl_size 32 --n_epochs 40 --arch conv).')
     p.add_argument('--dataset', choices=list(DATASETS), default='fashion_mnist', help='(default: %(default)s)')
-    p.add_argument('--data_dir', default='./data', help='(default: %(default)s)')
-    p.add_argument('--classes', type=int, nargs='+', default=None,
-                   help='the normal classes to run, one model each (default: every class of the data set)')
+    p.add_argument('--data_dir', default='./data',
+                   help='the IDX files, or for --dataset folder the class folders of images (default: %(default)s)')
+    p.add_argument('--classes', nargs='+', default=None,
+                   help='the normal classes to run, by index or name, one model each (default: every class of the '
+                        'data set)')
+    p.add_argument('--image_size', type=int_at_least(1), nargs=2, metavar=('H', 'W'),
+                   help='resize every image to H x W, as train.py does')
+    p.add_argument('--channels', type=int, choices=[1, 3], help='convert every image to gray (1) or colour (3)')
     p.add_argument('--model', choices=['ae', 'vae'], default='ae', help='(default: %(default)s)')
     p.add_argument('--scores', nargs='+', choices=list(SCORES), default=None,
                    help='anomaly scores to measure (default: all that the model gives: '
@@ -89,20 +95,21 @@ def chosen_scores(args):
     return args.scores
 
 
-def check_classes(classes, labels, train_ratio=.8):
-    """Every class is one of the data set's and has enough images for a train and a valid split."""
-    present = sorted(labels.unique().tolist())
+def check_classes(classes, labels, names, train_ratio=DEFAULTS['train_ratio']):
+    """Every class has enough training images for a train and a valid split."""
     for c in classes:
-        if c not in present:
-            raise CliError(f'--classes {c}: not a class of this data set (classes are {present[0]}-{present[-1]})')
         n = int((labels == c).sum())
         if int(n * train_ratio) < 2 or n - int(n * train_ratio) < 1:
-            raise CliError(f'--classes {c}: only {n} training image(s), too few to train on and validate')
+            raise CliError(f'--classes {names[c]}: only {n} training image(s), too few to train on and validate')
 
 
-def model_flags(args, c, train_flags):
-    """train.py's flags that define the model of class c: the ones a reused checkpoint must share."""
-    return ['--target_labels', str(c), '--dataset', args.dataset, '--model', args.model, *RECIPE.split(), *train_flags]
+def model_flags(args, name, train_flags):
+    """train.py's flags that define the model of the class of this name: the ones a reused
+    checkpoint must share."""
+    shape = [*(['--image_size', *map(str, args.image_size)] if args.image_size else []),
+             *(['--channels', str(args.channels)] if args.channels else [])]
+    return ['--target_labels', name, '--dataset', args.dataset, '--model', args.model, *shape, *RECIPE.split(),
+            *train_flags]
 
 
 def saved_flags(flags_fn):
@@ -120,12 +127,12 @@ def run_train(model_fn, *flags):
         raise CliError(f'{os.path.basename(model_fn)}: {last_line(result.stderr)}')
 
 
-def train_class(args, c, train_flags):
-    """Trains the model of class c, or reuses or resumes the one in --out_dir that was trained
-    with the same flags. Returns its checkpoint's path."""
+def train_class(args, c, name, train_flags):
+    """Trains the model of class c (of this name), or reuses or resumes the one in --out_dir that
+    was trained with the same flags. Returns its checkpoint's path."""
     model_fn = os.path.join(args.out_dir, f'class_{c}.pth')
     flags_fn = os.path.join(args.out_dir, f'class_{c}.flags.json')
-    flags = model_flags(args, c, train_flags)
+    flags = model_flags(args, name, train_flags)
     where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir]  # may change between runs
     if os.path.exists(model_fn) and not args.overwrite:
         if saved_flags(flags_fn) != flags:
@@ -188,39 +195,40 @@ def main(argv=None):
     for flag in train_flags:
         if flag.split('=')[0] in OWN_TRAIN_FLAGS:
             raise CliError(f'{flag.split("=")[0]}: oneclass.py sets it for each class itself')
-    names = chosen_scores(args)
+    scores = chosen_scores(args)
     device = get_device(args.gpu_id)
-    images, labels = load_dataset(args.dataset, args.data_dir, train=True)
-    test = load_dataset(args.dataset, args.data_dir, train=False)
-    classes = args.classes or sorted(labels.unique().tolist())
-    check_classes(classes, labels)
+    shape = dict(image_size=args.image_size, channels=args.channels)
+    images, labels = load_dataset(args.dataset, args.data_dir, True, **shape)
+    test = load_dataset(args.dataset, args.data_dir, False, **shape)
+    names = class_names(args.dataset, args.data_dir)
+    classes = class_indices(args.classes or range(len(names or [])), names, '--classes')
+    check_classes(classes, labels, names)
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as e:
         raise CliError(f'--out_dir {args.out_dir}: cannot create it ({e.strerror})')
     set_seed(0)  # the IWAE draws
 
-    class_names = CLASS_NAMES[args.dataset]
     per_class = {}
     bar = tqdm(classes, desc='classes', unit='class', disable=progress_bar(1, 1))
     for c in bar:
-        bar.set_postfix_str(f'training {class_names[c]}')
-        model_fn = train_class(args, c, train_flags)
-        bar.set_postfix_str(f'scoring {class_names[c]}')
-        per_class[c] = class_aurocs(model_fn, c, images[labels == c], test, names, args.iw_samples, device)
+        bar.set_postfix_str(f'training {names[c]}')
+        model_fn = train_class(args, c, names[c], train_flags)
+        bar.set_postfix_str(f'scoring {names[c]}')
+        per_class[c] = class_aurocs(model_fn, c, images[labels == c], test, scores, args.iw_samples, device)
     bar.close()
 
-    print(results_table(per_class, class_names))
+    print(results_table(per_class, names))
     means = mean_aurocs(per_class)
     published = PUBLISHED.get(args.dataset, []) if len(classes) == len(labels.unique()) else []
     summary = {'dataset': args.dataset, 'train_flags': [*RECIPE.split(), *train_flags], 'model': args.model,
-               'scores': {name: SCORES[name][0] for name in names}, 'baselines': BASELINES,
+               'scores': {name: SCORES[name][0] for name in scores}, 'baselines': BASELINES,
                'per_class': {str(c): aurocs for c, aurocs in per_class.items()}, 'mean': means,
                'published_mean_percent': dict(published)}
     json_path = os.path.join(args.out_dir, 'oneclass.json')
     with open(json_path, 'w') as f:
         json.dump(summary, f, indent=2)
-    fig = figures.auroc_by_class(per_class, class_names, list(BASELINES), published,
+    fig = figures.auroc_by_class(per_class, names, list(BASELINES), published,
                                  f'{args.dataset}, one class normal, the others anomalies')
     figure_path = figures.save(fig, os.path.join(args.out_dir, 'oneclass.png'))
     for path in (json_path, figure_path):

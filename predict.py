@@ -12,13 +12,14 @@ from torch.distributions import Normal
 import analysis
 import figures
 from checkpoint import check_writable, load_checkpoint
-from data_loader import CLASS_NAMES, DATASETS, load_dataset, select_labels, split_train_valid, to_input
+from data_loader import DATASETS, class_names, load_dataset, select_labels, split_train_valid, to_input
 from model import model_from_checkpoint
 from trainer import format_losses
 from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, run_cli, set_seed
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves']
 NEEDS_2D_CODE = {'boundary', 'manifold'}
+NEEDS_LABELS = {'boundary'}
 KNN_K = 5
 
 
@@ -51,7 +52,7 @@ def define_argparser():
                    help='interpolate between test images number A and B')
     g.add_argument('--interp_classes', type=int, nargs=2, metavar=('A', 'B'),
                    help='interpolate between the first test images of classes A and B (default: the first two '
-                        'classes)')
+                        'classes, or test images 0 and 1 when the data has no classes)')
     p.add_argument('--interp_steps', type=int_at_least(2), default=10, help='(default: %(default)s)')
     p.add_argument('--iw_samples', type=int_at_least(1), default=100,
                    help='VAE: samples per image for the importance-weighted estimate of -log p(x) '
@@ -71,9 +72,13 @@ class Report:
         config = self.config
         self.dataset = args.dataset or config['dataset']
         self.data_dir = args.data_dir or config['data_dir']
-        self.class_names = CLASS_NAMES[self.dataset]
+        self.labelled = class_names(self.dataset, self.data_dir) is not None
+        self.class_names = class_names(self.dataset, self.data_dir) or ['all images']
+        # The images as the model takes them: another data set is resized and converted to its shape.
+        self.image_shape = config['image_shape']
+        self.shape_flags = dict(image_size=self.image_shape[1:], channels=self.image_shape[0])
         # Every test image, for anomaly detection; the rest uses the classes trained on.
-        test_set = load_dataset(self.dataset, self.data_dir, train=False)
+        test_set = load_dataset(self.dataset, self.data_dir, False, **self.shape_flags)
         self.all_images, self.all_labels = (t.to(device) for t in test_set)
         self.known = (torch.isin(self.all_labels, torch.tensor(config['target_labels'], device=device))
                       if config['target_labels'] else torch.ones_like(self.all_labels, dtype=torch.bool))
@@ -87,13 +92,17 @@ class Report:
 
     def decode(self, z):
         with torch.no_grad():
-            return self.model.decode(z)
+            return self.pictures(self.model.decode(z))
+
+    def pictures(self, x):
+        """Flat images (n, C * H * W) as (n, C, H, W), for the figures."""
+        return x.view(len(x), *self.image_shape)
 
     @cached_property
     def train_set(self):
         """The images the model was trained on: the same classes and the same seeded split (of
         the data set being evaluated, when --dataset names another)."""
-        images, labels = load_dataset(self.dataset, self.data_dir, train=True)
+        images, labels = load_dataset(self.dataset, self.data_dir, True, **self.shape_flags)
         images, labels = select_labels(images, labels, self.config['target_labels'])
         train_idx, _ = split_train_valid(len(images), self.config['train_ratio'], self.config['seed'])
         return images[train_idx].to(self.images.device), labels[train_idx].to(self.images.device)
@@ -126,12 +135,14 @@ class Report:
     def recon(self):
         x = to_input(self.images[:self.args.n_images])
         with torch.no_grad():
-            written = [self.save(figures.image_rows([('original', x), ('reconstruction', self.model(x))],
+            rows = [('original', self.pictures(x)), ('reconstruction', self.pictures(self.model(x)))]
+            written = [self.save(figures.image_rows(rows,
                                                     f'{self.dataset} test images and their reconstructions'),
                                  'reconstructions.png')]
             if self.config.get('noise'):
                 noisy = self.model.corrupt(x)
-                rows = [('noisy', noisy), ('denoised', self.model(noisy)), ('clean', x)]
+                rows = [(name, self.pictures(images)) for name, images in
+                        (('noisy', noisy), ('denoised', self.model(noisy)), ('clean', x))]
                 title = f'{self.config["noise"]} noise, level {self.config["noise_level"]}'
                 written.append(self.save(figures.image_rows(rows, title), 'denoising.png'))
         return written, {}
@@ -187,9 +198,10 @@ class Report:
         a, b = self.interp_endpoints()
         z = analysis.encode_all(self.model, self.images[[a, b]])
         t = torch.linspace(0, 1, self.args.interp_steps, device=z.device)[:, None]
-        rows = [('test images', to_input(self.images[[a, b]])), ('decoded', self.decode((1 - t) * z[0] + t * z[1]))]
-        names = [self.class_names[self.labels[i]] for i in (a, b)]
-        title = f'test image {a} ({names[0]}) to test image {b} ({names[1]}), {self.args.interp_steps} steps'
+        rows = [('test images', self.pictures(to_input(self.images[[a, b]]))),
+                ('decoded', self.decode((1 - t) * z[0] + t * z[1]))]
+        names = [f' ({self.class_names[self.labels[i]]})' if self.labelled else '' for i in (a, b)]
+        title = f'test image {a}{names[0]} to test image {b}{names[1]}, {self.args.interp_steps} steps'
         return [self.save(figures.image_rows(rows, title), 'interp.png')], {}
 
     def interp_endpoints(self):
@@ -199,6 +211,11 @@ class Report:
             if bad:
                 raise CliError(f'--interp {bad[0]}: test images are numbered 0 to {n - 1}')
             return self.args.interp
+        if not self.labelled:
+            if self.args.interp_classes:
+                raise CliError('--interp_classes: this data set has no classes; give --interp A B (test image '
+                               'numbers)')
+            return [0, 1]
         classes = self.args.interp_classes or self.labels.unique()[:2].tolist()
         ends = []
         for c in classes:
@@ -221,15 +238,20 @@ class Report:
                   f'{measured["anomaly_roc_auc"]:.4f}')
         hist = figures.histograms_by_class(score, labels, self.class_names, f'anomaly score ({what})', title)
         top = score.topk(min(16, len(score))).indices
-        worst = figures.image_grid(to_input(self.all_images[top]),
-                                   f'the {len(top)} most anomalous test images, with their class',
-                                   captions=[self.class_names[labels[i]] for i in top.tolist()])
+        worst = figures.image_grid(self.pictures(to_input(self.all_images[top])),
+                                   f'the {len(top)} most anomalous test images' + (', with their class'
+                                                                                   if self.labelled else ''),
+                                   captions=[self.class_names[labels[i]] for i in top.tolist()] if self.labelled
+                                   else None)
         return [self.save(hist, 'anomaly_hist.png'), self.save(worst, 'anomalies.png')], measured
 
     def metrics(self):
         scores = {name: value[self.known] for name, value in self.all_scores.items()}
+        train_set, test_set = self.train_set, (self.images, self.labels)
+        if not self.labelled:  # no classes for kNN to tell apart
+            train_set, test_set = (train_set[0], None), (self.images, None)
         m = {'n_test': len(self.images), **analysis.test_metrics(
-            self.model, self.train_set, (self.images, self.labels), (self.train_codes, self.test_codes), scores,
+            self.model, train_set, test_set, (self.train_codes, self.test_codes), scores,
             KNN_K, self.args.iw_samples,
             sparse=bool(self.config.get('l1') or self.config.get('sparsity')), noise=bool(self.config.get('noise')),
             batch_size=self.args.batch_size)}
@@ -241,8 +263,8 @@ class Report:
         return [self.save(fig, 'curves.png')], {}
 
 
-def applicable(model_btl_size):
-    return [w for w in WHAT if model_btl_size == 2 or w not in NEEDS_2D_CODE]
+def applicable(model_btl_size, labelled):
+    return [w for w in WHAT if (model_btl_size == 2 or w not in NEEDS_2D_CODE) and (labelled or w not in NEEDS_LABELS)]
 
 
 def prepare_out_dir(out_dir, overwrite):
@@ -264,17 +286,26 @@ def main(argv=None):
     config = checkpoint['config']
     model = model_from_checkpoint(checkpoint, args.model_fn).to(device).eval()
     btl_size = config['btl_size']
-    what = args.what or applicable(btl_size)
+    labelled = class_names(args.dataset or config['dataset'], args.data_dir or config['data_dir']) is not None
+    what = args.what or applicable(btl_size, labelled)
     for w in what:
         if w in NEEDS_2D_CODE and btl_size != 2:
             raise CliError(f'--what {w} needs a 2-d code; this model\'s code has {btl_size} dimensions')
+        if w in NEEDS_LABELS and not labelled:
+            raise CliError(f'--what {w} needs classes; the data set has none (a folder of images without class '
+                           f'folders)')
+    if not args.what and not labelled:
+        print(f'skipped what needs classes, which this data set has not: kNN accuracy'
+              f'{"".join(", " + w for w in NEEDS_LABELS if btl_size == 2)}')
     out_dir = args.out_dir or os.path.splitext(args.model_fn)[0] + '_predict'
     prepare_out_dir(out_dir, args.overwrite)
     set_seed(args.seed)
 
     report = Report(model, checkpoint, args, device, out_dir)
-    classes = 'all classes' if not config['target_labels'] else 'classes ' + ' '.join(map(str, config['target_labels']))
-    print(f'{report.dataset} test set: {len(report.images)} images ({classes})')
+    classes = ('classes ' + ' '.join(map(str, config['target_labels'])) if config['target_labels'] else
+               'all classes' if labelled else 'no classes')
+    print(f'{report.dataset} test set: {len(report.images)} images of {" x ".join(map(str, report.image_shape))} '
+          f'({classes})')
     print(f'test, per image: {format_losses(report.test_losses())}')
 
     written, measured = [], {'dataset': report.dataset, 'n_test': len(report.images)}

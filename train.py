@@ -1,8 +1,10 @@
-"""Trains an AutoEncoder or a VAE on MNIST-style images and saves it as a .pth checkpoint.
+"""Trains an AutoEncoder or a VAE on MNIST, Fashion-MNIST or a folder of images and saves it as a .pth
+checkpoint.
 
     python train.py --model_fn ae.pth --btl_size 2
 """
 import argparse
+import math
 import signal
 import sys
 
@@ -11,8 +13,8 @@ import torch
 from checkpoint import (check_fresh, check_writable, resumable_flags, resume_config, save_checkpoint, saved_so_far,
                         stop_on_signals)
 from config import DEFAULTS
-from data_loader import DATASETS, load_dataset, select_labels, split_train_valid
-from model import ACTIVATIONS, INPUT_SIZE, build_model, model_from_checkpoint
+from data_loader import DATASETS, class_indices, class_names, load_dataset, select_labels, split_train_valid
+from model import ACTIVATIONS, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer, build_optimizer
 from utils import (ArgumentParser, CliError, default_gpu_id, first_line, float_in, get_device, int_at_least, run_cli,
                    set_seed)
@@ -35,8 +37,9 @@ def define_argparser():
     g.add_argument('--model', choices=['ae', 'vae'],
                    help='ae: deterministic AutoEncoder; vae: variational autoencoder (default: %(default)s)')
     g.add_argument('--n_layers', type=int_at_least(1),
-                   help='number of hidden layers on each side; their sizes fall in equal steps from 784 '
-                        'toward --btl_size, e.g. 784-654-523-393-263-132-2 for 5 layers and --btl_size 2 '
+                   help='number of hidden layers on each side; their sizes fall in equal steps from the '
+                        'number of input values (784 for MNIST) toward --btl_size, e.g. 784-654-523-393-263-132-2 '
+                        'for 5 layers and --btl_size 2 '
                         '(default: %(default)s)')
     g.add_argument('--hidden_sizes', type=int_at_least(1), nargs='+',
                    help='explicit hidden sizes of the encoder, e.g. 512 256 128, mirrored in the decoder; '
@@ -105,11 +108,20 @@ def define_argparser():
                         'per-step progress bar too (progress bars only on a terminal) (default: %(default)s)')
 
     g = p.add_argument_group('data')
-    g.add_argument('--dataset', choices=list(DATASETS), help='(default: %(default)s)')
+    g.add_argument('--dataset', choices=list(DATASETS),
+                   help='folder: your own images in --data_dir, in class folders or not (default: %(default)s)')
     g.add_argument('--data_dir',
-                   help='folder with the IDX files, also searched in torchvision\'s layout '
-                        '(DATA_DIR/MNIST/raw, DATA_DIR/FashionMNIST/raw) (default: %(default)s)')
-    g.add_argument('--target_labels', type=int, nargs='+', help='train on these classes only, e.g. 0 1 3 8')
+                   help='mnist, fashion_mnist: the folder with the IDX files, also searched in torchvision\'s '
+                        'layout (DATA_DIR/MNIST/raw, DATA_DIR/FashionMNIST/raw); folder: the folder of images, '
+                        'or of train/ and test/ folders of images (default: %(default)s)')
+    g.add_argument('--target_labels', nargs='+',
+                   help='train on these classes only, by index or name, e.g. 0 1 3 8 or cats dogs')
+    g.add_argument('--image_size', type=int_at_least(1), nargs=2, metavar=('H', 'W'),
+                   help='resize every image to H x W (default: keep the size, which must then be the same for '
+                        'all images)')
+    g.add_argument('--channels', type=int, choices=[1, 3],
+                   help='convert every image to gray (1) or colour (3) (default: keep them as they are, which '
+                        'must then be the same kind for all images)')
 
     p.set_defaults(**DEFAULTS)
     return p
@@ -141,10 +153,16 @@ def incompatible_flags(c):
         return f'--bn_eps applies to BatchNorm, which {"--use_dropout" if c.use_dropout else "--arch lstm"} has not'
     if c.noise in ('masking', 'salt_pepper') and c.noise_level > 1:
         return f'--noise_level {c.noise_level}: --noise {c.noise} takes a share of the pixels, in (0, 1]'
-    if c.btl_size >= INPUT_SIZE and not (c.noise or c.l1 or c.sparsity):
-        return (f'--btl_size {c.btl_size} >= {INPUT_SIZE} pixels is an overcomplete code, which can learn the '
-                f'identity map and nothing else; add a regularizer: --noise, --l1 or --sparsity')
     return None
+
+
+def check_code_size(config):
+    """A code as large as the image can learn the identity map and nothing else."""
+    n_values = math.prod(config['image_shape'])
+    if config['btl_size'] >= n_values and not (config['noise'] or config['l1'] or config['sparsity']):
+        raise CliError(f'--btl_size {config["btl_size"]} >= {n_values} values per image is an overcomplete code, '
+                       f'which can learn the identity map and nothing else; add a regularizer: --noise, --l1 or '
+                       f'--sparsity')
 
 
 def main(argv=None):
@@ -161,9 +179,18 @@ def main(argv=None):
     set_seed(config['seed'])
 
     # Data: the whole training set on the device as uint8, split into train and valid indices.
-    images, labels = load_dataset(config['dataset'], config['data_dir'], train=True)
+    images, labels = load_dataset(config['dataset'], config['data_dir'], True, image_size=config['image_size'],
+                                  channels=config['channels'])
+    if config['target_labels'] and not checkpoint:
+        config['target_labels'] = class_indices(config['target_labels'], class_names(config['dataset'],
+                                                                                     config['data_dir']))
     images, labels = select_labels(images, labels, config['target_labels'])
     train_indices, valid_indices = split_train_valid(len(images), config['train_ratio'], config['seed'])
+    if checkpoint and list(images.shape[1:]) != list(config['image_shape']):
+        raise CliError(f'{model_fn} was trained on images of {shape_text(config["image_shape"])}; --data_dir '
+                       f'{config["data_dir"]} gives {shape_text(images.shape[1:])}')
+    config['image_shape'] = list(images.shape[1:])
+    check_code_size(config)
 
     # Model and optimizer, fresh or as the checkpoint left them.
     model = (model_from_checkpoint(checkpoint, model_fn) if checkpoint else build_model(config)).to(device)
@@ -208,13 +235,17 @@ def main(argv=None):
 
 def summary(config, model, device, n_train, n_valid, n_done):
     """The few lines that --verbose 1 prints before the first epoch."""
-    lines = [f'{config["dataset"]}: {n_train} train / {n_valid} valid images',
+    lines = [f'{config["dataset"]}: {n_train} train / {n_valid} valid images of {shape_text(config["image_shape"])}',
              f'{model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}']
     if n_done:
         lines.append(f'resuming after epoch {n_done}')
     if config['compile']:
         lines.append('--compile: the first epoch compiles the loss (up to a minute); the epochs after it run faster')
     return '\n'.join(lines)
+
+
+def shape_text(shape):
+    return ' x '.join(map(str, shape))
 
 
 def stop(message, exit_code):

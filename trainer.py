@@ -64,7 +64,7 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
             if training and len(idx) < 2:
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
             x = to_input(images.index_select(0, idx))  # much faster than images[idx] on a CPU
-            # |x| = (batch_size, 784)
+            # |x| = (batch_size, C * H * W)
             with forward_precision(images.device.type, amp):
                 loss, parts = loss_fn(x)
             # Checked before the update, so the weights never take a nan step.

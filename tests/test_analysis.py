@@ -68,7 +68,7 @@ def test_active_units_counts_dimensions_that_vary():
 
 def tiny_vae():
     torch.manual_seed(0)
-    return build_model(make_config(model='vae', hidden_sizes=[5], btl_size=2), input_size=6).eval()
+    return build_model(make_config(model='vae', hidden_sizes=[5], btl_size=2, image_shape=[1, 1, 6])).eval()
 
 
 def test_iwae_is_exact_when_the_posterior_is_the_prior_and_the_decoder_ignores_z():

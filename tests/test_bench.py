@@ -18,7 +18,7 @@ def test_flops_come_from_the_layer_shapes():
 
 
 def test_the_dataloader_baseline_trains_on_the_same_inputs():
-    images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     dataset = bench.ToTensorDataset(images)
     for i in range(3):
         x, _ = dataset[i]
@@ -27,7 +27,7 @@ def test_the_dataloader_baseline_trains_on_the_same_inputs():
 
 
 def test_timers_run_on_a_small_data_set():
-    images = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
     cpu = torch.device('cpu')
     for amp, compile in ((False, False), (True, False), (False, True)):
         seconds, model, n_train, n_valid = bench.time_trainer(bench.VAE, images, 64, 3, cpu, amp, compile)
@@ -40,7 +40,7 @@ def test_timers_run_on_a_small_data_set():
 
 def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # bench.py may be run from any folder
-    images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
     assert 50 < bench.peak_training_memory_mb(images, 100, train_flags=[]) < 5000
 
 
@@ -60,3 +60,5 @@ def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'of matmul (target >= 70%); ' in out and 'by the products run' in out and 'x faster (target >= 3x)' in out
     assert 'train.py peak RSS, 600 / 6 images' in out
+    assert results['folder_read']['n_images'] == 600 and results['folder_read']['first_read_images_per_s'] > 0
+    assert 'a folder of 600 PNG images, first read' in out and 'from its cache' in out

@@ -101,7 +101,7 @@ def test_target_labels_keep_only_those_classes(data_dir, tmp_path, capsys):
     run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, '--target_labels', '1', '7',
                                 '--verbose', '0', *TINY[:-4], '--n_epochs', '1']), 'train.py')
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1']), 'predict.py')
-    assert 'test set: 20 images (classes 1 7)' in capsys.readouterr().out
+    assert 'test set: 20 images of 1 x 28 x 28 (classes 1 7)' in capsys.readouterr().out
 
 
 # --- bad input: one line on stderr, exit code 2, no traceback, nothing clobbered ---

@@ -87,7 +87,7 @@ def test_bn_eps_caps_what_a_unit_silent_in_training_gives_in_eval_and_old_checkp
                   kl_weight=1.)
     assert batch_norm_eps(build_model(config)) == {1e-5}
     for eps in (1e-5, 1e-3):
-        block = build_model({**config, 'bn_eps': eps}, input_size=1).encoder[0]
+        block = build_model({**config, 'bn_eps': eps, 'image_shape': [1, 1, 1]}).encoder[0]
         linear, _, batch_norm = block.block
         with torch.no_grad():
             linear.weight.fill_(1.), linear.bias.fill_(-1.)  # ReLU(x - 1): silent for every x <= 1
@@ -117,7 +117,7 @@ def test_tied_weights_drop_the_decoder_weights_from_the_count(data_dir, tmp_path
 
 def test_tied_decoder_uses_the_transposed_encoder_weights():
     config = make_config(hidden_sizes=[5], btl_size=2, tied=True)
-    model = build_model(config, input_size=7)
+    model = build_model({**config, 'image_shape': [1, 1, 7]})
     with torch.no_grad():
         model.encoder[-1].weight.fill_(2.)
     x = torch.randn(3, 2)
@@ -128,12 +128,12 @@ def test_tied_decoder_uses_the_transposed_encoder_weights():
 def test_noise_only_in_training_and_of_the_right_kind():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0.)
     x = torch.full((200, 50), .5)
-    masked = build_model({**config, 'noise': 'masking', 'noise_level': .3}, input_size=50).corrupt(x)
+    masked = build_model({**config, 'noise': 'masking', 'noise_level': .3, 'image_shape': [1, 1, 50]}).corrupt(x)
     assert abs((masked == 0).float().mean().item() - .3) < .03
     assert torch.allclose(masked.unique(), torch.tensor([0., .5 / .7]))  # kept pixels scaled by 1 / (1 - p)
-    salted = build_model({**config, 'noise': 'salt_pepper', 'noise_level': .2}, input_size=50).corrupt(x)
+    salted = build_model({**config, 'noise': 'salt_pepper', 'noise_level': .2, 'image_shape': [1, 1, 50]}).corrupt(x)
     assert abs((salted != .5).float().mean().item() - .2) < .03 and set(salted.unique().tolist()) == {0., .5, 1.}
-    gaussian = build_model({**config, 'noise': 'gaussian', 'noise_level': .1}, input_size=50)
+    gaussian = build_model({**config, 'noise': 'gaussian', 'noise_level': .1, 'image_shape': [1, 1, 50]})
     assert 0 <= gaussian.corrupt(x).min() and gaussian.corrupt(x).max() <= 1
     gaussian.eval()
     assert torch.equal(gaussian.loss(x)[0], gaussian.loss(x)[0])  # clean input in eval: deterministic
@@ -144,7 +144,7 @@ def test_noise_only_in_training_and_of_the_right_kind():
 def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
     config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., kl_weight=2.,
                          kl_anneal=4)
-    model = build_model(config, input_size=6)
+    model = build_model({**config, 'image_shape': [1, 1, 6]})
     x = torch.rand(8, 6)
     for epoch, ramp in ((1, 0.), (2, .25), (3, .5), (5, 1.), (9, 1.)):
         model.set_epoch(epoch)
@@ -158,7 +158,7 @@ def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
 def test_sparsity_penalty_is_the_kl_to_the_target_activation():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., sparsity=.1,
                          sparsity_weight=3.)
-    model = build_model(config, input_size=6).eval()
+    model = build_model({**config, 'image_shape': [1, 1, 6]}).eval()
     x = torch.rand(8, 6)
     z = model.encode(x)
     assert ((0 < z) & (z < 1)).all()  # the sigmoid makes a mean activation a probability

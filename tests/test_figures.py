@@ -21,7 +21,9 @@ def every_figure(n_classes):
     names = class_names(n_classes)
     labels = torch.arange(500) % n_classes
     codes = torch.randn(500, 2) + labels[:, None].float()
-    images = torch.rand(16, 784)
+    # Gray images with few classes, colour ones (wider than tall) with many.
+    shape = (1, 28, 28) if n_classes <= 10 else (3, 20, 36)
+    images = torch.rand(16, *shape)
     return {
         'codes': figures.codes_by_class(codes, labels, names, 'test codes', ('z1', 'z2')),
         'regions': figures.decision_regions(labels[:400].view(20, 20), (-3., 3., -3., 3.), codes, labels, names,
@@ -34,7 +36,7 @@ def every_figure(n_classes):
                                    captions=[names[c % n_classes] for c in range(16)]),
         'rows': figures.image_rows([('original', images[:10]), ('reconstruction', images[:10])],
                                    'test images and their reconstructions'),
-        'manifold': figures.decoded_grid(torch.rand(400, 784), [torch.linspace(-2, 2, 20)] * 2, 'a decoded grid'),
+        'manifold': figures.decoded_grid(torch.rand(400, *shape), [torch.linspace(-2, 2, 20)] * 2, 'a decoded grid'),
         'curves': figures.loss_curves(HISTORY, 'vae.pth: losses per epoch'),
     }
 

@@ -73,7 +73,7 @@ def test_kl_matches_torch_distributions():
 
 def test_vae_loss_is_the_negative_elbo_per_image():
     torch.manual_seed(0)
-    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, kl_weight=.5), input_size=4).eval()
+    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, kl_weight=.5, image_shape=[1, 1, 4])).eval()
     x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
     loss, parts = model.loss(x)
 
@@ -89,7 +89,8 @@ def test_vae_loss_is_the_negative_elbo_per_image():
 
 
 def test_vae_posterior_variance_is_capped_so_an_unusual_image_keeps_a_finite_kl():
-    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, use_dropout=True), input_size=4).eval()
+    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, use_dropout=True,
+                               image_shape=[1, 1, 4])).eval()
     head = model.encoder[-1]
     with torch.no_grad():  # a head that extrapolates wildly for one of the two latents
         head.bias[2:] = torch.tensor([-1., 60.])
@@ -105,7 +106,8 @@ def test_vae_posterior_variance_is_capped_so_an_unusual_image_keeps_a_finite_kl(
 
 def test_vae_samples_z_in_training_and_uses_mu_in_eval():
     torch.manual_seed(0)
-    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, use_dropout=True, dropout_p=0.), input_size=4)
+    model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, use_dropout=True, dropout_p=0.,
+                               image_shape=[1, 1, 4]))
     x = torch.rand(3, 4)
     mu, logvar = model.posterior(x)
     assert torch.equal(model.eval().encode(x), mu)
@@ -118,7 +120,7 @@ def test_vae_samples_z_in_training_and_uses_mu_in_eval():
 
 @pytest.mark.parametrize('loss_name', ['mse', 'bce'])
 def test_autoencoder_loss_is_summed_over_pixels_and_averaged_over_images(loss_name):
-    model = build_model(config(hidden_sizes=[3], btl_size=2, loss=loss_name), input_size=4).eval()
+    model = build_model(config(hidden_sizes=[3], btl_size=2, loss=loss_name, image_shape=[1, 1, 4])).eval()
     x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
     loss, _ = model.loss(x)
     x_hat = model(x)

@@ -1,0 +1,270 @@
+"""Training on a folder of one's own images: the layouts, the conversions, the cache, the errors,
+and every architecture and figure on images that are not 1 x 28 x 28."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data_loader
+import oneclass
+import predict
+import train
+from config import make_config
+from data_loader import (DataError, class_indices, class_names, load_dataset, load_folder, write_idx,
+                         write_image_folder)
+from helpers import TINY, expect_usage_error, make_images, printed_losses, run_script, train_in_process
+from model import build_model, from_rows, to_rows
+from utils import CliError, run_cli
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test gets a cache folder of its own (outside its tmp_path, where the images go)."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('cache')))
+
+
+def colour_images(n, seed, size=(28, 28)):
+    """make_images() in colour: the class's bars red on a blue-green background, as (N, 3, H, W)."""
+    gray, labels = make_images(n, seed)
+    gray = torch.from_numpy(gray)[:, None]
+    images = torch.cat([gray, 255 - gray, gray // 2], 1)
+    return data_loader.convert(images, size), torch.from_numpy(labels).long()
+
+
+def sorted_by_label(images, labels):
+    order = np.argsort(labels, kind='stable')
+    return images[order], labels[order]
+
+
+def test_a_folder_and_idx_files_of_the_same_images_train_alike(tmp_path, capsys):
+    """The same images in the same order, as IDX files and as PNG class folders: the same seed
+    gives the same losses, epoch by epoch."""
+    images, labels = sorted_by_label(*make_images(300, seed=0))
+    test_images, test_labels = sorted_by_label(*make_images(60, seed=1))
+    idx_dir, png_dir = tmp_path / 'idx', tmp_path / 'png'
+    os.makedirs(idx_dir)
+    for prefix, x, y in (('train', images, labels), ('t10k', test_images, test_labels)):
+        write_idx(str(idx_dir / f'{prefix}-images-idx3-ubyte'), x)
+        write_idx(str(idx_dir / f'{prefix}-labels-idx1-ubyte'), y)
+    write_image_folder(str(png_dir / 'train'), torch.from_numpy(images)[:, None], labels)
+    write_image_folder(str(png_dir / 'test'), torch.from_numpy(test_images)[:, None], test_labels)
+
+    histories = []
+    for flags in (['--dataset', 'mnist', '--data_dir', str(idx_dir)],
+                  ['--dataset', 'folder', '--data_dir', str(png_dir)]):
+        model_fn = str(tmp_path / f'{flags[1]}.pth')
+        histories.append(train_in_process('--model_fn', model_fn, *flags, *TINY)['history'])
+    assert histories[0] == histories[1]
+    for train_set in (True, False):
+        idx, folder = (load_dataset(dataset, str(where), train_set) for dataset, where in
+                       (('mnist', idx_dir), ('folder', png_dir)))
+        assert torch.equal(idx[0], folder[0]) and torch.equal(idx[1], folder[1])
+
+
+def test_a_folder_without_train_and_test_holds_out_the_same_seeded_share(tmp_path):
+    images, _ = colour_images(50, seed=0)
+    write_image_folder(str(tmp_path), images)  # no labels: a flat folder
+    train_images, train_labels = load_folder(str(tmp_path), True)
+    test_images, test_labels = load_folder(str(tmp_path), False)
+    assert len(test_images) == int(50 * data_loader.HELD_OUT_SHARE) and len(train_images) == 50 - len(test_images)
+    together = torch.cat([train_images, test_images]).flatten(1)
+    assert len(torch.unique(together, dim=0)) == len(torch.unique(images.flatten(1), dim=0))  # every image once
+    assert torch.equal(load_folder(str(tmp_path), False)[0], test_images)  # the same held-out images every time
+    assert train_labels.eq(0).all() and test_labels.eq(0).all()
+    assert class_names('folder', str(tmp_path)) is None
+
+
+def test_class_folders_give_labels_by_sorted_name_and_test_classes_by_the_training_names(tmp_path):
+    images, labels = colour_images(40, seed=0)
+    names = ['ant', 'bee', 'cat', 'dog', 'eel', 'fox', 'gnu', 'hen', 'ibis', 'jay']
+    write_image_folder(str(tmp_path / 'train'), images, labels, names)
+    keep = labels >= 5  # the test folder has only the last five classes
+    write_image_folder(str(tmp_path / 'test'), images[keep], labels[keep], names)
+    assert class_names('folder', str(tmp_path)) == names
+    train_images, train_labels = load_folder(str(tmp_path), True)
+    test_images, test_labels = load_folder(str(tmp_path), False)
+    order = np.argsort(labels.numpy(), kind='stable')
+    assert torch.equal(train_labels, labels[order]) and torch.equal(train_images, images[order])
+    assert sorted(test_labels.unique().tolist()) == [5, 6, 7, 8, 9]
+    assert class_indices(['cat', '1', 'jay'], names) == [1, 2, 9]
+
+
+def test_class_names_are_looked_up_before_indices():
+    names = ['1', '2', '5']
+    assert class_indices(['1'], names) == [0]  # the folder named 1, not index 1
+    assert class_indices(['2', 0], names) == [0, 1]
+    with pytest.raises(CliError, match='--target_labels 7: not a class of this data set'):
+        class_indices(['7'], names)
+    with pytest.raises(CliError, match='no classes'):
+        class_indices(['1'], None)
+
+
+@pytest.mark.parametrize('ext', ['.png', '.jpg'])
+def test_gray_and_colour_are_converted_on_request_and_refused_mixed_without(tmp_path, ext):
+    images, _ = colour_images(6, seed=0)
+    write_image_folder(str(tmp_path), images[:3], ext=ext)
+    gray = write_image_folder(str(tmp_path / 'gray'), images[3:, :1], ext=ext)
+    for name in os.listdir(gray):
+        os.rename(os.path.join(gray, name), str(tmp_path / f'gray_{name}'))
+    os.rmdir(gray)
+    with pytest.raises(DataError, match=r'gray_000000.* is gray and .*000000.* is colour; give --channels 1 or '
+                                        r'--channels 3'):
+        data_loader.read_folder(str(tmp_path))
+    as_colour = data_loader.read_folder(str(tmp_path), channels=3)[0]
+    as_gray = data_loader.read_folder(str(tmp_path), channels=1)[0]
+    assert as_colour.shape == (6, 3, 28, 28) and as_gray.shape == (6, 1, 28, 28)
+    if ext == '.png':  # lossless: the colour files come back exactly, gray ones repeated in three channels
+        assert torch.equal(as_colour[:3], images[:3])
+        assert torch.equal(as_colour[3:], images[3:, :1].expand(-1, 3, -1, -1))
+
+
+def test_jpeg_files_decode_close_to_what_was_written(tmp_path):
+    # A smooth image, which JPEG at quality 95 keeps within a few levels of 255.
+    ramp = torch.linspace(0, 255, 32).round().to(torch.uint8)
+    image = torch.stack([ramp[None].expand(32, -1), ramp[:, None].expand(-1, 32), 255 - ramp[None].expand(32, -1)])
+    write_image_folder(str(tmp_path), image[None].expand(5, -1, -1, -1), ext='.jpg')
+    decoded = data_loader.read_folder(str(tmp_path))[0]
+    assert decoded.shape == (5, 3, 32, 32)
+    assert (decoded.float() - image.float()).abs().mean() < 255 * .02
+
+
+def test_different_sizes_need_image_size_and_are_resized_with_it(tmp_path):
+    write_image_folder(str(tmp_path / 'a'), colour_images(3, seed=0, size=(28, 28))[0])
+    write_image_folder(str(tmp_path / 'b'), colour_images(3, seed=1, size=(17, 33))[0])
+    with pytest.raises(DataError, match=r'a/000000.png is 28 x 28 and .*b/000000.png is 17 x 33; give --image_size'):
+        data_loader.read_folder(str(tmp_path))
+    images, labels = data_loader.read_folder(str(tmp_path), image_size=(20, 24))
+    assert images.shape == (6, 3, 20, 24) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize('make, match', [
+    (lambda root: None, 'an empty folder'),
+    (lambda root: open(os.path.join(root, 'notes.txt'), 'w').close(), 'a folder with no images'),
+    (lambda root: (write_image_folder(root, colour_images(2, 0)[0], torch.tensor([0, 1])),
+                   os.makedirs(os.path.join(root, 'empty_class'))), 'empty_class: a class folder with no images'),
+    (lambda root: (write_image_folder(root, colour_images(2, 0)[0], torch.tensor([0, 1])),
+                   write_image_folder(root, colour_images(1, 0)[0])), '000000.png: an image beside the class folders'),
+    (lambda root: (write_image_folder(root, colour_images(2, 0)[0]),  # a PNG cut off after 200 bytes
+                   open(os.path.join(root, 'cut.png'), 'wb').write(
+                       open(os.path.join(root, '000000.png'), 'rb').read()[:200])),
+     'cut.png: cannot decode it as an image'),
+    (lambda root: (write_image_folder(root, colour_images(2, 0)[0]),
+                   open(os.path.join(root, 'text.jpg'), 'w').write('not an image')),
+     'text.jpg: cannot decode it as an image (Unsupported image file)'),
+])
+def test_bad_folders_are_one_line_errors_naming_the_file(tmp_path, capsys, make, match):
+    root = str(tmp_path / 'images')
+    os.makedirs(root)
+    make(root)
+    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--dataset', 'folder',
+                                                '--data_dir', root, *TINY], capsys, match)
+    assert not os.path.exists(tmp_path / 'm.pth')
+
+
+def test_the_cache_is_read_instead_of_the_files_until_the_folder_changes(tmp_path, monkeypatch):
+    root = str(tmp_path / 'images')
+    write_image_folder(root, colour_images(10, seed=0)[0])
+    first = data_loader.read_folder(root)[0]
+    assert len(os.listdir(data_loader.cache_folder())) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError('decoded again')
+    with monkeypatch.context() as m:
+        m.setattr(data_loader, 'decode_images', no_decoding)
+        assert torch.equal(data_loader.read_folder(root)[0], first)
+
+    changed = colour_images(1, seed=5)[0]
+    write_image_folder(root, changed)  # rewrites 000000.png: another size or time
+    os.utime(os.path.join(root, '000000.png'), ns=(1, 1))
+    again = data_loader.read_folder(root)[0]
+    assert torch.equal(again[0], changed[0]) and torch.equal(again[1:], first[1:])
+    assert len(os.listdir(data_loader.cache_folder())) == 1  # the stale cache is gone
+
+
+def test_an_unwritable_cache_is_a_note_and_the_images_still_load(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(blocker))
+    write_image_folder(str(tmp_path / 'images'), colour_images(4, seed=0)[0])
+    assert data_loader.read_folder(str(tmp_path / 'images'))[0].shape == (4, 3, 28, 28)
+    assert 'cannot write the image cache' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('arch', ['mlp', 'conv', 'lstm'])
+@pytest.mark.parametrize('model', ['ae', 'vae'])
+def test_every_architecture_takes_any_image_shape(arch, model):
+    config = make_config(model=model, arch=arch, btl_size=3, hidden_sizes=[8, 16] if arch == 'conv' else [16],
+                         image_shape=[3, 17, 30])
+    net = build_model(config)
+    x = torch.rand(4, 3 * 17 * 30)
+    assert net(x).shape == x.shape
+    loss, _ = net.loss(x)
+    loss.backward()
+
+
+def test_rows_of_a_colour_image_hold_its_channels_side_by_side():
+    x = torch.arange(2 * 3 * 4 * 5.).view(2, -1)
+    rows = to_rows(x, (3, 4, 5))
+    assert rows.shape == (2, 4, 15)
+    assert torch.equal(rows[0, 1, 5:10], x.view(2, 3, 4, 5)[0, 1, 1])  # row 1 of channel 1
+    assert torch.equal(from_rows(rows, (3, 4, 5)), x)
+
+
+def test_train_and_predict_on_colour_class_folders_by_name(tmp_path, capsys):
+    images, labels = colour_images(200, seed=0, size=(20, 24))
+    names = [f'kind {c}' for c in range(10)]
+    root = write_image_folder(str(tmp_path / 'images'), images, labels, names)
+    model_fn = str(tmp_path / 'm.pth')
+    checkpoint = train_in_process('--model_fn', model_fn, '--dataset', 'folder', '--data_dir', root, '--arch', 'conv',
+                                  '--btl_size', '2', '--target_labels', 'kind 3', 'kind 5', '7', *TINY)
+    assert checkpoint['config']['image_shape'] == [3, 20, 24]
+    assert checkpoint['config']['target_labels'] == [3, 5, 7]
+    out_dir = tmp_path / 'predict'
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(out_dir),
+                                  '--iw_samples', '2']), 'predict.py')
+    out = capsys.readouterr().out
+    assert 'folder test set: ' in out and 'of 3 x 20 x 24 (classes 3 5 7)' in out
+    for name in ('reconstructions', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomalies'):
+        assert os.path.getsize(out_dir / f'{name}.png') > 0
+
+
+def test_predict_on_a_folder_without_classes_skips_what_needs_them(tmp_path, capsys):
+    root = write_image_folder(str(tmp_path / 'images'), colour_images(100, seed=0)[0][:, :1])
+    model_fn = str(tmp_path / 'm.pth')
+    train_in_process('--model_fn', model_fn, '--dataset', 'folder', '--data_dir', root, '--btl_size', '2', *TINY)
+    out_dir = tmp_path / 'predict'
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(out_dir)]), 'predict.py')
+    out = capsys.readouterr().out
+    assert 'skipped what needs classes, which this data set has not: kNN accuracy, boundary' in out
+    assert '(no classes)' in out and '5-NN accuracy' not in out
+    assert not os.path.exists(out_dir / 'boundary.png') and os.path.exists(out_dir / 'interp.png')
+    expect_usage_error(predict.main, 'predict.py', ['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir',
+                                                    str(tmp_path / 'p2'), '--what', 'boundary'], capsys,
+                       '--what boundary needs classes')
+    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'n.pth'), '--dataset', 'folder',
+                                                '--data_dir', root, '--target_labels', '0', *TINY], capsys,
+                       '--target_labels: this data set has no classes')
+
+
+def test_a_second_run_reads_the_cache_and_trains_alike(tmp_path):
+    root = write_image_folder(str(tmp_path / 'images'), colour_images(60, seed=0)[0])
+    flags = ['--dataset', 'folder', '--data_dir', root, *TINY, '--n_epochs', '1', '--overwrite']
+    runs = [run_script('train.py', '--model_fn', str(tmp_path / f'{i}.pth'), *flags, env=os.environ) for i in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr
+    assert printed_losses(runs[0].stdout, 'epoch 1') == printed_losses(runs[1].stdout, 'epoch 1')
+    assert len(os.listdir(data_loader.cache_folder())) == 1
+
+
+def test_oneclass_runs_on_class_folders_by_name(tmp_path, capsys):
+    images, labels = colour_images(300, seed=0)
+    keep = labels < 3
+    root = write_image_folder(str(tmp_path / 'images'), images[keep], labels[keep], ['ant', 'bee', 'cat'])
+    out_dir = tmp_path / 'oneclass'
+    run_cli(lambda: oneclass.main(['--dataset', 'folder', '--data_dir', root, '--classes', 'bee', '--out_dir',
+                                   str(out_dir), '--gpu_id', '-1', '--arch', 'mlp', '--hidden_sizes', '32',
+                                   '--btl_size', '4', '--n_epochs', '3']), 'oneclass.py')
+    out = capsys.readouterr().out
+    assert '1 bee' in out and os.path.exists(out_dir / 'class_1.pth')
+    expect_usage_error(oneclass.main, 'oneclass.py', ['--dataset', 'folder', '--data_dir', root, '--classes', 'eel',
+                                                      '--out_dir', str(out_dir)], capsys, '--classes eel: not a class')
