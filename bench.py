@@ -9,7 +9,8 @@ trained; the Trainer's epoch time for the default AutoEncoder and for the 784-40
 the share of that throughput it reaches; the same VAE fed the common way (a DataLoader over a
 Dataset that converts each image with ToTensor); peak resident memory of train.py on all
 60,000 images and on a hundredth of them; inference throughput through encode + decode; and how
-fast a folder of 10,000 PNG images is read, the first time (decoding) and from its cache.
+fast a folder of 10,000 PNG images is read, the first time (decoding) and from its cache; and how
+fast predict.py estimates -log p(x) with 5,000 importance samples per image.
 """
 import json
 import os
@@ -24,8 +25,9 @@ import torch
 import torch.nn as nn
 
 from config import make_config
+import analysis
 import data_loader
-from data_loader import DataError, load_dataset, split_train_valid, write_idx, write_image_folder
+from data_loader import DataError, binarize_once, load_dataset, split_train_valid, write_idx, write_image_folder
 from model import build_model
 from trainer import AMP_DTYPE, Trainer, build_optimizer, forward_precision
 from utils import ArgumentParser, CliError, get_device, int_at_least, last_line, print_rows, run_cli, set_seed
@@ -34,6 +36,9 @@ from utils import ArgumentParser, CliError, get_device, int_at_least, last_line,
 # 784-400-20, Linear + ReLU, no normalisation.
 AE = make_config(btl_size=2, loss='mse', n_epochs=1)
 VAE = make_config(model='vae', hidden_sizes=[400], btl_size=20, use_dropout=True, dropout_p=0., n_epochs=1)
+# The VAE of the binarized-data likelihood tables (Tomczak and Welling 2018; Norouzi et al. 2020):
+# 784-300-300-40, gated hidden layers.
+NLL_VAE = make_config(model='vae', gated=True, hidden_sizes=[300, 300], btl_size=40, binarize=True)
 
 
 def define_argparser():
@@ -86,15 +91,16 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_throughput(shapes, batch_size, device, dtype, rounds=5, min_seconds=.3):
+def matmul_throughput(shapes, batch_size, device, dtype, rounds=5, min_seconds=.3, forward_only=False):
     """GFLOP/s of the three matrix products that training runs per Linear layer
-    (forward x W^T, input gradient g W, weight gradient g^T x) at this batch size: the best
-    of several rounds, as the peak that the training loop is measured against."""
+    (forward x W^T, input gradient g W, weight gradient g^T x), or of the forward product
+    alone, at this batch size: the best of several rounds, as the peak that the training loop
+    or the evaluation is measured against."""
     products = []
     for i, o in shapes:
         x, w, g = (torch.randn(*s, device=device, dtype=dtype) for s in ((batch_size, i), (o, i), (batch_size, o)))
-        products += [(x, w.t()), (g, w), (g.t(), x)]
-    flops = 3 * forward_flops(shapes) * batch_size
+        products += [(x, w.t())] if forward_only else [(x, w.t()), (g, w), (g.t(), x)]
+    flops = (1 if forward_only else 3) * forward_flops(shapes) * batch_size
     for a, b in products:  # warm-up
         torch.mm(a, b)
     best = 0.
@@ -219,6 +225,29 @@ def peak_training_memory_mb(images, n_images, train_flags):
         return int(result.stdout.split('peak_rss_kb')[-1]) / 1024
 
 
+def nll_speed(images, device, n_images=60, n_samples=5000):
+    """predict.py's importance-sampled -log p(x) with n_samples per image, timed on n_images
+    binarized images with the VAE of the binarized-data literature (NLL_VAE): seconds per image,
+    the time it would take for the 10,000 test images, and the share of the fp32 matmul
+    throughput on the decoder's layer shapes at the rows decoded per pass, where the work is."""
+    model = build_model(NLL_VAE).to(device).eval()
+    x = binarize_once(images[:n_images]).to(device)
+    analysis.variational_bounds(model, x[:1], n_samples)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    analysis.variational_bounds(model, x, n_samples)
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / n_images
+    max_rows = analysis.decoded_rows(device)
+    rows = min(n_samples * max(1, max_rows // n_samples), max_rows)  # about the codes decoded per pass
+    decoder = linear_shapes(model.decoder)
+    peak = matmul_throughput(decoder, rows, device, torch.float32, forward_only=True)
+    achieved = (forward_flops(decoder) * n_samples + forward_flops(linear_shapes(model.encoder))) / seconds / 1e9
+    return {'layers': linear_shapes(model), 'n_samples': n_samples, 'seconds_per_image': seconds,
+            'test_set_minutes': seconds * 10000 / 60, 'matmul_gflops': peak, 'achieved_gflops': achieved,
+            'share_of_matmul': achieved / peak}
+
+
 def folder_read_speed(images, n_images=10000):
     """Images per second of the first read of a folder of n_images PNG files (decoding them),
     and the seconds of a second read (from the cache), as train.py reads --dataset folder."""
@@ -285,6 +314,7 @@ def main(argv=None):
         results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n, speed_flags(args))
                                   for n in (len(images), len(images) // 100)}
     results['folder_read'] = folder_read_speed(images)
+    results['nll'] = nll_speed(images, device)
 
     print_table(results)
     with open(args.out, 'w') as f:
@@ -321,6 +351,11 @@ def print_table(r):
     rows += [(f'a folder of {folder["n_images"]:,} PNG images, first read (decoding)',
               f'{folder["first_read_images_per_s"]:,.0f} images/s', 'target >= 2,000 images/s'),
              ('the same folder again, from its cache', f'{folder["cached_read_seconds"]:.2f} s', 'target < 1 s')]
+    nll = r['nll']
+    rows += [(f'-log p(x), {nll["n_samples"]:,} samples per image, VAE 784-300-300-40 gated',
+              f'{nll["seconds_per_image"] * 1000:.0f} ms/image',
+              f'{nll["test_set_minutes"]:.1f} min for 10,000 images; '
+              f'{nll["share_of_matmul"]:.0%} of the decoder\'s fp32 matmul{cpu_target(">= 60%")}')]
     print_rows(rows)
 
 

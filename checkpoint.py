@@ -21,7 +21,8 @@ from utils import CliError
 CHECKPOINT_KEYS = ('model', 'config', 'history')
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Flags that may be given with --resume: they do not change what is being trained.
-RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'gpu_id', 'amp', 'compile', 'data_dir', 'verbose'}
+RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'patience', 'gpu_id', 'amp', 'compile', 'data_dir',
+                   'verbose'}
 
 
 def check_writable(path):

@@ -16,9 +16,14 @@ MODEL = dict(
     bn_eps=1e-5,         # PyTorch's default
     activation='relu',
     tied=False,
+    gated=False,         # --arch mlp: hidden layers of gated units, h = (W1 x) * sigmoid(W2 x)
     loss=None,           # AutoEncoder: 'mse' or 'bce'; None is 'mse' (the VAE is always Bernoulli)
     kl_weight=1.,
     kl_anneal=0,
+    likelihood='bernoulli',  # VAE: 'bernoulli' or 'cbernoulli' (continuous Bernoulli)
+    prior='normal',      # VAE: 'normal', N(0, I), or 'vamp', the VampPrior
+    n_pseudo=500,        # VAE with the VampPrior: its pseudo-inputs
+    iwae_k=1,            # VAE: train on the importance-weighted bound with this many samples (1: the ELBO)
     noise=None,          # 'gaussian', 'masking' or 'salt_pepper'
     noise_level=.3,
     l1=0.,
@@ -35,6 +40,7 @@ TRAINING = dict(
     lr=1e-3,
     weight_decay=0.,
     scheduler='none',
+    patience=0,          # stop after this many epochs without a better valid loss (0: never)
     amp=False,
     compile=False,
     seed=1,
@@ -46,6 +52,7 @@ DATA = dict(
     target_labels=None,  # class indices
     image_size=None,     # [height, width] to resize the images to
     channels=None,       # 1 (gray) or 3 (colour) to convert the images to
+    binarize=False,      # pixels as Bernoulli draws: afresh for every training batch, once for the others
 )
 
 DEFAULTS = {**MODEL, **TRAINING, **DATA}

@@ -436,6 +436,24 @@ def split_train_valid(n, train_ratio, seed):
     return order[:n_train], order[n_train:]
 
 
+# --binarize: valid and test images are binarized once with this seed, so that every run and
+# every model is scored on the same binary images.
+BINARIZE_SEED = 0
+
+
+def binarize_once(images, seed=BINARIZE_SEED, chunk=4096):
+    """uint8 images with each pixel drawn once from a Bernoulli of its intensity: 255 with
+    probability pixel / 255, else 0. The same images and seed give the same draws; the images
+    are drawn a chunk at a time, so memory stays a few MB above the images themselves."""
+    generator = torch.Generator().manual_seed(seed)
+    binary = torch.empty_like(images, device='cpu')
+    for start in range(0, len(images), chunk):
+        batch = images[start:start + chunk].cpu()
+        draws = torch.rand(batch.shape, generator=generator)
+        binary[start:start + chunk] = (draws * 255 < batch).to(torch.uint8) * 255
+    return binary.to(images.device)
+
+
 def to_input(images):
     """uint8 images (B, C, H, W) -> float inputs (B, C * H * W) in [0, 1]."""
     # |x| = (batch_size, C * H * W), e.g. (batch_size, 784) for MNIST

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import Normal
+from torch.distributions import ContinuousBernoulli, Normal
 
 from config import DEFAULTS
 from utils import CliError, first_line
@@ -28,13 +28,28 @@ ACTIVATIONS = {'relu': nn.ReLU, 'leaky_relu': nn.LeakyReLU, 'gelu': nn.GELU, 'ta
                'sigmoid': nn.Sigmoid, 'none': nn.Identity}
 
 
+class GatedLinear(nn.Module):
+    """Gated units, h = (W1 x + b1) * sigmoid(W2 x + b2) (Dauphin et al., 2017), the hidden layers
+    of the VampPrior and Exemplar VAE papers' networks: the gate replaces the activation."""
+
+    def __init__(self, input_size, output_size):
+        super().__init__()
+        self.h, self.gate = nn.Linear(input_size, output_size), nn.Linear(input_size, output_size)
+
+    def forward(self, x):
+        return self.h(x) * torch.sigmoid(self.gate(x))
+
+
 class Block(nn.Module):
     """Linear -> ReLU -> BatchNorm1d, or Dropout when batch norm is off. Another activation,
-    or another layer in place of the Linear (a tied Linear, a convolution), can be given."""
+    or another layer in place of the Linear (a tied Linear, a convolution), can be given;
+    gated makes the Linear a GatedLinear, with no activation after it."""
 
     def __init__(self, input_size, output_size, use_batch_norm=True, dropout_p=.3, activation='relu', layer=None,
-                 bn_eps=BN_EPS):
+                 bn_eps=BN_EPS, gated=False):
         super().__init__()
+        if gated:
+            layer, activation = GatedLinear(input_size, output_size), 'none'
         layer = layer or nn.Linear(input_size, output_size)
         batch_norm = nn.BatchNorm2d if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) else nn.BatchNorm1d
         self.block = nn.Sequential(
@@ -63,19 +78,20 @@ class TiedLinear(nn.Module):
         return F.linear(x, self.mirror[0].weight[:self.in_features].t(), self.bias)
 
 
-def mirrored_mlps(input_size, hidden_sizes, btl_size, encoder_out_size, tied=False, **block):
+def mirrored_mlps(input_size, hidden_sizes, btl_size, encoder_out_size, tied=False, gated=False, **block):
     """An encoder input -> h1 -> ... -> hk -> encoder_out_size and the exact mirror
     decoder btl_size -> hk -> ... -> h1 -> input_size, both ending in a plain Linear.
-    With tied, each decoder Linear uses the transposed weight of its mirror."""
+    With tied, each decoder Linear uses the transposed weight of its mirror; with gated, the
+    hidden layers are GatedLinear (never both: a gated layer has no single weight to tie)."""
+    block = dict(block, gated=gated)
     sizes = [input_size] + hidden_sizes
     encoder = nn.Sequential(*[Block(a, b, **block) for a, b in zip(sizes[:-1], sizes[1:])],
                             nn.Linear(sizes[-1], encoder_out_size))
     encoder_linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
     sizes = [btl_size] + hidden_sizes[::-1] + [input_size]
-    layers = [TiedLinear(mirror, a) if tied else nn.Linear(a, b)
-              for mirror, a, b in zip(encoder_linears[::-1], sizes[:-1], sizes[1:])]
-    decoder = nn.Sequential(*[Block(a, b, layer=layer, **block)
-                              for layer, a, b in zip(layers[:-1], sizes[:-2], sizes[1:-1])], layers[-1])
+    layers = [TiedLinear(mirror, a) if tied else None for mirror, a in zip(encoder_linears[::-1], sizes[:-1])]
+    hidden = [Block(a, b, layer=layer, **block) for layer, a, b in zip(layers[:-1], sizes[:-2], sizes[1:-1])]
+    decoder = nn.Sequential(*hidden, layers[-1] or nn.Linear(sizes[-2], sizes[-1]))
     return encoder, decoder
 
 
@@ -241,16 +257,27 @@ class AutoEncoder(Codec):
 
 class VAE(Codec):
     """A variational autoencoder with a diagonal Gaussian posterior q(z|x) (its log-variance
-    capped at LOGVAR_MAX), a N(0, I) prior and a Bernoulli decoder. The loss is the negative
-    ELBO in nats per image, its KL term weighed by kl_weight (beta), which rises linearly from
-    0 over the first kl_anneal epochs of training; validation always weighs it fully, so that
-    epochs compare. In eval z = mu."""
+    capped at LOGVAR_MAX), a N(0, I) prior and a decoder of independent pixels:
+
+    - likelihood='bernoulli': a Bernoulli per pixel, a probability for binary pixels (train.py
+      --binarize); of grayscale pixels it is a cross-entropy, not a log-likelihood;
+    - likelihood='cbernoulli': the continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019), a
+      density on [0, 1] for grayscale pixels; decode() gives its mean.
+
+    The loss is the negative ELBO in nats per image, with z drawn from q(z|x) in training and in
+    evaluation alike (one draw per image), its KL term weighed by kl_weight (beta), which rises
+    linearly from 0 over the first kl_anneal epochs of training; evaluation always weighs it
+    fully, so that epochs compare. encode() gives z = mu in eval."""
     has_prior = True
 
-    def __init__(self, encoder, decoder, btl_size, kl_weight=1., kl_anneal=0, **codec):
+    def __init__(self, encoder, decoder, btl_size, kl_weight=1., kl_anneal=0, likelihood='bernoulli', iwae_k=1,
+                 n_pseudo=0, input_size=None, **codec):
         super().__init__(encoder, decoder, btl_size, **codec)
-        self.kl_weight, self.kl_anneal = kl_weight, kl_anneal
+        self.kl_weight, self.kl_anneal, self.likelihood, self.iwae_k = kl_weight, kl_anneal, likelihood, iwae_k
         self.kl_ramp = 1.
+        # VampPrior (Tomczak and Welling, 2018): p(z) is the mean of q(z|u_k) over n_pseudo learned
+        # pseudo-inputs u_k, images of their own, kept in [0, 1] by a hardtanh; none: p(z) = N(0, I).
+        self.pseudo_inputs = nn.Parameter(torch.rand(n_pseudo, input_size)) if n_pseudo else None
 
     def set_epoch(self, epoch):
         self.kl_ramp = min(1., (epoch - 1) / self.kl_anneal) if self.kl_anneal else 1.
@@ -272,31 +299,79 @@ class VAE(Codec):
     def encode(self, x):
         return self.sample_z(*self.posterior(x))
 
+    def log_prior(self, z):
+        """log p(z) of each code, |z| = (rows, btl_size)."""
+        if self.pseudo_inputs is None:
+            return Normal(0., 1.).log_prob(z).sum(-1)
+        mu, logvar = self.posterior(F.hardtanh(self.pseudo_inputs, 0., 1.))
+        # |mu| = |logvar| = (n_pseudo, btl_size). log N(z; mu_k, var_k) for every pair (row, k) as
+        # matrix products, so that memory grows with rows x n_pseudo, not x btl_size too; in fp32
+        # also under autocast (train.py --amp), where bf16 would round these nats to a quarter.
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            precision = torch.exp(-logvar)
+            log_q = -.5 * (z.pow(2) @ precision.T - 2 * z @ (mu * precision).T
+                           + (mu.pow(2) * precision + logvar + math.log(2 * math.pi)).sum(1))
+            # |log_q| = (rows, n_pseudo)
+            return torch.logsumexp(log_q, 1) - math.log(len(mu))
+
+    def sample_prior(self, n, device):
+        """n codes drawn from the prior."""
+        if self.pseudo_inputs is None:
+            return torch.randn(n, self.btl_size, device=device)
+        with torch.no_grad():
+            mu, logvar = self.posterior(F.hardtanh(self.pseudo_inputs, 0., 1.))
+        k = torch.randint(len(mu), (n,), device=mu.device)
+        return (mu[k] + torch.randn_like(mu[k]) * torch.exp(.5 * logvar[k])).to(device)
+
     def decode(self, z):
-        return torch.sigmoid(self.decoder(z))
+        logits = self.decoder(z).float()
+        return ContinuousBernoulli(logits=logits).mean if self.likelihood == 'cbernoulli' else torch.sigmoid(logits)
+
+    def log_likelihood(self, logits, x):
+        """log p(x | z) of each image, summed over its pixels, from the decoder's logits."""
+        logits = logits.float()  # fp32 also under autocast (train.py --amp)
+        if self.likelihood == 'cbernoulli':
+            # torch's log-normaliser is a Taylor series near logits 0, where the closed form is 0 / 0.
+            return ContinuousBernoulli(logits=logits).log_prob(x).sum(-1)
+        # x l - softplus(l), the log-probability of x in {0, 1} (of grayscale x, minus the cross-entropy),
+        # with softplus(l) = max(l, 0) + log(1 + exp(-|l|)): exp and log are vectorized on CPUs, where
+        # log1p and log_sigmoid are not, which makes a 5,000-sample -log p(x) twice as fast. 1 + exp(-|l|)
+        # lies in [1, 2], so rounding it costs below 1e-7 nats per pixel.
+        return (x * logits - logits.clamp(min=0) - torch.log(1 + torch.exp(-logits.abs()))).sum(-1)
 
     def image_losses(self, x):
+        if self.training and self.iwae_k > 1:
+            # The importance-weighted bound on log p(x) with iwae_k draws per image (Burda et al.,
+            # 2016), tighter than the ELBO; validation still measures the ELBO, so that runs compare.
+            log_w = self.log_importance_weights(x, self.iwae_k)
+            return math.log(self.iwae_k) - torch.logsumexp(log_w, 0), {}
         mu, logvar = self.posterior(self.training_input(x))
-        logits = self.decoder(self.sample_z(mu, logvar))
+        # z is drawn in evaluation too: the loss is then the ELBO, not a reconstruction at mu.
+        z = mu + torch.randn_like(mu) * torch.exp(.5 * logvar)
         # Both terms are summed over their dimensions (784 pixels, btl_size latents) before
         # the batch mean; a per-pixel mean beside a summed KL would weigh the KL 784 times
         # too much and collapse the posterior.
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction='none').sum(1)
-        kl = gaussian_kl(mu, logvar).sum(1)
+        recon = -self.log_likelihood(self.decoder(z), x)
+        if self.pseudo_inputs is None:
+            kl = gaussian_kl(mu, logvar).sum(1)
+        else:  # no closed form: log q(z|x) - log p(z) at the drawn z, an unbiased estimate of the KL
+            kl = Normal(mu, torch.exp(.5 * logvar)).log_prob(z).sum(1) - self.log_prior(z)
         beta = self.kl_weight * (self.kl_ramp if self.training else 1.)
         return recon + beta * kl, {'recon': recon, 'kl': kl}
 
     def log_importance_weights(self, x, n_samples):
         """log p(x, z_k) - log q(z_k | x) for n_samples draws z_k ~ q(z|x), shape
         (n_samples, batch_size): their mean estimates the ELBO, their log-mean-exp the
-        importance-weighted bound on log p(x) (Burda et al., 2016)."""
-        mu, logvar = self.posterior(x)
+        importance-weighted bound on log p(x) (Burda et al., 2016). In training the encoder sees
+        the corrupted input of a denoising model, as in image_losses."""
+        mu, logvar = self.posterior(self.training_input(x))
         std = torch.exp(.5 * logvar)
         z = mu + std * torch.randn(n_samples, *mu.shape, device=mu.device)
         # |z| = (n_samples, batch_size, btl_size)
         logits = self.decoder(z.flatten(0, 1)).view(n_samples, len(x), -1)
-        log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction='none').sum(-1)
-        log_pz = Normal(0., 1.).log_prob(z).sum(-1)
+        log_px_z = self.log_likelihood(logits, x.expand_as(logits))
+        log_pz = self.log_prior(z.flatten(0, 1)).view(n_samples, len(x))
         log_qz_x = Normal(mu, std).log_prob(z).sum(-1)
         return log_px_z + log_pz - log_qz_x
 
@@ -336,10 +411,12 @@ def build_model(config):
     else:
         hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, btl_size, config['n_layers'])
         encoder, decoder = mirrored_mlps(input_size, list(hidden_sizes), btl_size, encoder_out_size,
-                                         tied=config['tied'], **block)
+                                         tied=config['tied'], gated=config['gated'], **block)
     codec = dict(noise=config['noise'], noise_level=config['noise_level'])
     if variational:
-        return VAE(encoder, decoder, btl_size, kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'], **codec)
+        return VAE(encoder, decoder, btl_size, kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'],
+                   likelihood=config['likelihood'], iwae_k=config['iwae_k'],
+                   n_pseudo=config['n_pseudo'] if config['prior'] == 'vamp' else 0, input_size=input_size, **codec)
     return AutoEncoder(encoder, decoder, btl_size, loss=config['loss'], l1=config['l1'],
                        sparsity=config['sparsity'], sparsity_weight=config['sparsity_weight'], **codec)
 

@@ -12,7 +12,9 @@ from torch.distributions import Normal
 import analysis
 import figures
 from checkpoint import check_writable, load_checkpoint
-from data_loader import DATASETS, class_names, load_dataset, select_labels, split_train_valid, to_input
+from config import DEFAULTS
+from data_loader import (DATASETS, binarize_once, class_names, load_dataset, select_labels, split_train_valid,
+                         to_input)
 from model import model_from_checkpoint
 from trainer import format_losses
 from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, run_cli, set_seed
@@ -78,11 +80,19 @@ class Report:
         self.image_shape = config['image_shape']
         self.shape_flags = dict(image_size=self.image_shape[1:], channels=self.image_shape[0])
         # Every test image, for anomaly detection; the rest uses the classes trained on.
-        test_set = load_dataset(self.dataset, self.data_dir, False, **self.shape_flags)
-        self.all_images, self.all_labels = (t.to(device) for t in test_set)
+        test_images, test_labels = self.load(False)
+        self.all_images, self.all_labels = test_images.to(device), test_labels.to(device)
         self.known = (torch.isin(self.all_labels, torch.tensor(config['target_labels'], device=device))
                       if config['target_labels'] else torch.ones_like(self.all_labels, dtype=torch.bool))
         self.images, self.labels = self.all_images[self.known], self.all_labels[self.known]
+
+    def load(self, train, target_labels=None):
+        """(images, labels) of the train or test set (of target_labels only, when given) as the model
+        takes them: resized and converted to its image shape, and for a --binarize model binarized
+        once with the fixed seed, as train.py binarizes its valid images."""
+        images, labels = select_labels(*load_dataset(self.dataset, self.data_dir, train, **self.shape_flags),
+                                       target_labels)
+        return binarize_once(images) if self.config.get('binarize') else images, labels
 
     def path(self, name):
         return os.path.join(self.out_dir, name)
@@ -102,8 +112,7 @@ class Report:
     def train_set(self):
         """The images the model was trained on: the same classes and the same seeded split (of
         the data set being evaluated, when --dataset names another)."""
-        images, labels = load_dataset(self.dataset, self.data_dir, True, **self.shape_flags)
-        images, labels = select_labels(images, labels, self.config['target_labels'])
+        images, labels = self.load(True, self.config['target_labels'])
         train_idx, _ = split_train_valid(len(images), self.config['train_ratio'], self.config['seed'])
         return images[train_idx].to(self.images.device), labels[train_idx].to(self.images.device)
 
@@ -185,8 +194,8 @@ class Report:
 
     def samples(self):
         if self.model.has_prior:
-            z = torch.randn(64, self.test_codes.shape[1], device=self.test_codes.device)
-            title = 'decoded from z ~ N(0, I)'
+            z = self.model.sample_prior(64, self.test_codes.device)
+            title = 'decoded from z ~ p(z), ' + ('the VampPrior' if self.config['prior'] == 'vamp' else 'N(0, I)')
         else:
             # An AutoEncoder has no prior; a Gaussian fitted to its codes lands in gaps and
             # off the code manifold, which is why an AE is a poor generator.
@@ -228,7 +237,7 @@ class Report:
     def anomaly(self):
         score = analysis.anomaly_score(self.all_scores)
         labels = self.all_labels.cpu()
-        what = 'negative ELBO at the posterior mean, nats' if self.model.has_prior else 'reconstruction error'
+        what = ('negative ELBO, one z drawn per image' if self.model.has_prior else 'reconstruction error')
         title, measured = 'anomaly scores of the test images by class', {}
         if self.config['target_labels']:
             is_anomaly = ~torch.isin(labels, torch.tensor(self.config['target_labels']))
@@ -254,12 +263,15 @@ class Report:
             self.model, train_set, test_set, (self.train_codes, self.test_codes), scores,
             KNN_K, self.args.iw_samples,
             sparse=bool(self.config.get('l1') or self.config.get('sparsity')), noise=bool(self.config.get('noise')),
-            batch_size=self.args.batch_size)}
+            batch_size=self.args.batch_size, likelihood=analysis.likelihood_of(self.config))}
         print('\n' + analysis.metrics_table(m, KNN_K))
         return [], m
 
     def curves(self):
-        fig = figures.loss_curves(self.history, f'{os.path.basename(self.args.model_fn)}: losses per epoch')
+        title = f'{os.path.basename(self.args.model_fn)}: losses per epoch'
+        if self.model.has_prior:  # what the VAE's nats are
+            title += f'; {analysis.likelihood_of(self.config)[0]}'
+        fig = figures.loss_curves(self.history, title)
         return [self.save(fig, 'curves.png')], {}
 
 
@@ -283,7 +295,8 @@ def main(argv=None):
     args = define_argparser().parse_args(argv)
     device = get_device(args.gpu_id)
     checkpoint = load_checkpoint(args.model_fn)
-    config = checkpoint['config']
+    # A checkpoint older than a flag is completed with its default, as build_model() does.
+    config = checkpoint['config'] = {**DEFAULTS, **checkpoint['config']}
     model = model_from_checkpoint(checkpoint, args.model_fn).to(device).eval()
     btl_size = config['btl_size']
     labelled = class_names(args.dataset or config['dataset'], args.data_dir or config['data_dir']) is not None

@@ -13,7 +13,8 @@ import torch
 from checkpoint import (check_fresh, check_writable, resumable_flags, resume_config, save_checkpoint, saved_so_far,
                         stop_on_signals)
 from config import DEFAULTS
-from data_loader import DATASETS, class_indices, class_names, load_dataset, select_labels, split_train_valid
+from data_loader import (BINARIZE_SEED, DATASETS, binarize_once, class_indices, class_names, load_dataset,
+                         select_labels, split_train_valid)
 from model import ACTIVATIONS, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer, build_optimizer
 from utils import (ArgumentParser, CliError, default_gpu_id, first_line, float_in, get_device, int_at_least, run_cli,
@@ -54,7 +55,21 @@ def define_argparser():
                         'in training from blowing up an unusual image in eval mode (default: %(default)s)')
     g.add_argument('--loss', choices=['mse', 'bce'],
                    help='AutoEncoder reconstruction loss, summed over pixels (default: mse); '
-                        'the VAE always uses Bernoulli BCE')
+                        'the VAE\'s is its --likelihood')
+    g.add_argument('--prior', choices=['normal', 'vamp'],
+                   help='VAE prior: normal, N(0, I), or vamp, the VampPrior (Tomczak and Welling 2018), a mixture of '
+                        'the posteriors of --n_pseudo learned pseudo-inputs (default: %(default)s)')
+    g.add_argument('--n_pseudo', type=int_at_least(1), help='VampPrior: pseudo-inputs (default: %(default)s)')
+    g.add_argument('--iwae_k', type=int_at_least(1),
+                   help='VAE: train on the importance-weighted bound with K samples per image (Burda et al. 2016) '
+                        'instead of the ELBO; validation still measures the ELBO (default: %(default)s)')
+    g.add_argument('--gated', action=argparse.BooleanOptionalAction,
+                   help='--arch mlp: hidden layers of gated units, h = (W1 x) * sigmoid(W2 x), in place of Linear + '
+                        'activation (default: off)')
+    g.add_argument('--likelihood', choices=['bernoulli', 'cbernoulli'],
+                   help='VAE decoder: bernoulli, a probability of binary pixels (--binarize; of grayscale pixels a '
+                        'cross-entropy), or cbernoulli, the continuous Bernoulli, a density of grayscale pixels '
+                        '(default: %(default)s)')
     g.add_argument('--kl_weight', type=float_in(0, float('inf'), low_open=False),
                    help='VAE weight of the KL term, beta in a beta-VAE (default: %(default)s)')
     g.add_argument('--kl_anneal', type=int_at_least(0),
@@ -94,6 +109,9 @@ def define_argparser():
     g.add_argument('--weight_decay', type=float_in(0, float('inf'), low_open=False), help='(default: %(default)s)')
     g.add_argument('--scheduler', choices=['none', 'cosine'],
                    help='cosine: anneal the learning rate to 0 over --n_epochs (default: %(default)s)')
+    g.add_argument('--patience', type=int_at_least(0),
+                   help='stop early after N epochs without a better valid loss; the best epoch is kept either way '
+                        '(default: %(default)s, never)')
     g.add_argument('--amp', action=argparse.BooleanOptionalAction,
                    help='run the forward passes under bf16 autocast: faster matrix products where the hardware '
                         'has bf16 units (Intel AMX, NVIDIA Ampere and later), though not for small models on a '
@@ -119,6 +137,10 @@ def define_argparser():
     g.add_argument('--image_size', type=int_at_least(1), nargs=2, metavar=('H', 'W'),
                    help='resize every image to H x W (default: keep the size, which must then be the same for '
                         'all images)')
+    g.add_argument('--binarize', action=argparse.BooleanOptionalAction,
+                   help='binary pixels, drawn from a Bernoulli of each intensity: afresh in every training batch, '
+                        f'once for the valid and test images (seed {BINARIZE_SEED}), so that every model is scored '
+                        'on the same binary images (default: off)')
     g.add_argument('--channels', type=int, choices=[1, 3],
                    help='convert every image to gray (1) or colour (3) (default: keep them as they are, which '
                         'must then be the same kind for all images)')
@@ -142,9 +164,24 @@ def incompatible_flags(c):
     if c.model == 'vae':
         for flag, given in (('--loss', c.loss is not None), ('--l1', c.l1 > 0), ('--sparsity', c.sparsity is not None)):
             if given:
-                return f'{flag} applies to --model ae only (the VAE uses BCE and its own KL term on the code)'
+                return f'{flag} applies to --model ae only (the VAE has --likelihood and its own KL term on the code)'
     if c.model == 'ae' and c.kl_anneal:
         return '--kl_anneal applies to --model vae only'
+    if c.model == 'ae' and c.likelihood != DEFAULTS['likelihood']:
+        return '--likelihood applies to --model vae only (the AutoEncoder has --loss)'
+    if c.prior == 'vamp' and (c.model != 'vae' or not (c.use_dropout or c.arch == 'lstm')):
+        return ('--prior vamp needs --model vae and --use_dropout: BatchNorm would take the pseudo-inputs into its '
+                'batch statistics')
+    if c.model == 'ae' and c.iwae_k > 1:
+        return '--iwae_k applies to --model vae only'
+    if c.iwae_k > 1 and (c.kl_weight != 1 or c.kl_anneal):
+        return '--iwae_k trains on the importance-weighted bound, which has no KL term to weigh or warm up'
+    if c.gated and (c.arch != 'mlp' or c.tied or c.activation != DEFAULTS['activation']):
+        return ('--gated needs --arch mlp, and neither --tied (a gated layer has two weights) nor --activation (the '
+                'gate replaces it)')
+    if c.likelihood == 'cbernoulli' and c.binarize:
+        return ('--likelihood cbernoulli is a density of grayscale pixels; binary pixels (--binarize) take '
+                '--likelihood bernoulli')
     if c.tied and c.arch != 'mlp':
         return f'--tied needs --arch mlp: --arch {c.arch} has no Linear mirror to tie'
     if c.arch == 'lstm' and c.activation != 'relu':
@@ -191,11 +228,15 @@ def main(argv=None):
                        f'{config["data_dir"]} gives {shape_text(images.shape[1:])}')
     config['image_shape'] = list(images.shape[1:])
     check_code_size(config)
+    # With --binarize the training batches are drawn afresh each time (the Trainer); the valid
+    # images once, here, so that every epoch and every run is scored on the same binary images.
+    valid_images = binarize_once(images) if config['binarize'] else images
 
     # Model and optimizer, fresh or as the checkpoint left them.
     model = (model_from_checkpoint(checkpoint, model_fn) if checkpoint else build_model(config)).to(device)
     optimizer, scheduler = build_optimizer(model, config)
-    trainer = Trainer(model, optimizer, scheduler, verbose=verbose, amp=config['amp'], compile=config['compile'])
+    trainer = Trainer(model, optimizer, scheduler, verbose=verbose, amp=config['amp'], compile=config['compile'],
+                      binarize=config['binarize'], patience=config['patience'])
     if checkpoint is not None:
         try:
             trainer.load_state_dict(checkpoint)
@@ -214,7 +255,8 @@ def main(argv=None):
                     save_checkpoint(model_fn, {**trainer.state_dict(), 'config': config})
 
             finished = trainer.train(images.to(device), train_indices.to(device), valid_indices.to(device),
-                                     config['n_epochs'], config['batch_size'], on_epoch_end=save)
+                                     config['n_epochs'], config['batch_size'], on_epoch_end=save,
+                                     valid_images=valid_images.to(device))
     except NonFiniteLoss as e:
         stop(f'stopped: {e}; {saved_so_far(trainer.history, model_fn)}', 1)
     except RuntimeError as e:
@@ -229,6 +271,8 @@ def main(argv=None):
              f'--resume', 128 + trainer.stop_requested)
 
     # Save: the file already holds the best epoch; say what it is.
+    if verbose >= 1 and len(trainer.history) < config['n_epochs']:
+        print(f'stopped early: no better valid loss in the last {config["patience"]} epochs')
     if verbose >= 1:
         print(f'saved {model_fn} ({saved_so_far(trainer.history, model_fn)})')
 

@@ -5,6 +5,7 @@ import torch
 from tqdm import tqdm
 
 from data_loader import to_input
+from utils import EVAL_SEED, seeded
 
 # Validation has no backward pass to hold memory for; larger batches use the matrix products
 # better (docs/performance.md).
@@ -45,12 +46,13 @@ class NonFiniteLoss(Exception):
 
 
 def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=None, should_stop=None, amp=False,
-              loss_fn=None):
+              loss_fn=None, binarize=False):
     """One pass over images[indices] (uint8, on the model's device; all images when indices is
     None): trains when an optimizer is given, else evaluates. The loss is model.loss, or
-    loss_fn (model.loss compiled); with amp its forward pass runs under bf16 autocast. Returns
-    the mean loss and parts per image as floats, or None when should_stop() turned true before
-    the pass ended."""
+    loss_fn (model.loss compiled); with amp its forward pass runs under bf16 autocast. With
+    binarize, each batch is a fresh Bernoulli draw of its pixel intensities. Returns the mean
+    loss and parts per image as floats, or None when should_stop() turned true before the pass
+    ended."""
     training = optimizer is not None
     loss_fn = loss_fn or model.loss
     model.train(training)
@@ -65,6 +67,8 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
             x = to_input(images.index_select(0, idx))  # much faster than images[idx] on a CPU
             # |x| = (batch_size, C * H * W)
+            if binarize:
+                x = torch.bernoulli(x)
             with forward_precision(images.device.type, amp):
                 loss, parts = loss_fn(x)
             # Checked before the update, so the weights never take a nan step.
@@ -83,6 +87,14 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
             if should_stop is not None and should_stop():
                 return None
     return {name: (total / seen).item() for name, total in totals.items()}
+
+
+def validate(model, images, indices=None, amp=False, loss_fn=None):
+    """The mean losses of an evaluation pass, its random draws from EVAL_SEED: the same draws
+    every epoch, and the training's random numbers left as they were, so that a resumed run takes
+    the same steps as an uninterrupted one."""
+    with seeded(EVAL_SEED, images.device):
+        return run_epoch(model, images, VALID_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn)
 
 
 def progress_bar(verbose, level):
@@ -119,9 +131,10 @@ class Trainer:
     the unfinished epoch is dropped, so what was saved last is a clean point to resume from.
     """
 
-    def __init__(self, model, optimizer, scheduler=None, verbose=1, amp=False, compile=False):
+    def __init__(self, model, optimizer, scheduler=None, verbose=1, amp=False, compile=False, binarize=False,
+                 patience=0):
         self.model = model
-        self.amp = amp
+        self.amp, self.binarize, self.patience = amp, binarize, patience
         self.loss_fn = compiled(model.loss) if compile else model.loss
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -131,17 +144,24 @@ class Trainer:
         self.best_state = None
         self.stop_requested = False
 
-    def train(self, images, train_indices, valid_indices, n_epochs, batch_size, on_epoch_end=None):
-        """Trains on images[train_indices] and validates on images[valid_indices], for the
-        epochs after those already in the history, up to n_epochs. Returns True when all of
-        them ran, False when stop_requested ended training early."""
+    def train(self, images, train_indices, valid_indices, n_epochs, batch_size, on_epoch_end=None, valid_images=None):
+        """Trains on images[train_indices] and validates on valid_images[valid_indices]
+        (valid_images defaults to images), for the epochs after those already in the history, up
+        to n_epochs, or until patience epochs in a row brought no better valid loss. Returns True
+        when training ended so, False when stop_requested ended it early. With binarize, the
+        training images are binarized afresh in every batch; the valid images are taken as they
+        are given (train.py binarizes them once)."""
+        valid_images = images if valid_images is None else valid_images
         # The bar is cleared when training ends: the per-epoch lines are the record.
         epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=progress_bar(self.verbose, 1),
                       leave=False, dynamic_ncols=True)
         with epochs:
             for epoch in epochs:
+                if self.out_of_patience():
+                    break
                 try:
-                    finished = self._train_epoch(epoch, images, train_indices, valid_indices, batch_size, epochs)
+                    finished = self._train_epoch(epoch, images, train_indices, valid_images, valid_indices, batch_size,
+                                                 epochs)
                 except NonFiniteLoss as e:
                     raise NonFiniteLoss(f'{e} of epoch {epoch}') from None
                 if not finished:
@@ -151,16 +171,25 @@ class Trainer:
         self.model.load_state_dict(self.best_state)
         return True
 
-    def _train_epoch(self, epoch, images, train_indices, valid_indices, batch_size, epochs):
+    def out_of_patience(self):
+        """Whether the last patience epochs brought no better valid loss. It is read from the
+        history alone, so that a resumed run stops where an uninterrupted one would."""
+        if not self.patience or not self.history:
+            return False
+        losses = [h['valid_loss'] for h in self.history]
+        return len(losses) - 1 - losses.index(min(losses)) >= self.patience
+
+    def _train_epoch(self, epoch, images, train_indices, valid_images, valid_indices, batch_size, epochs):
         self.model.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
         with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=progress_bar(self.verbose, 2),
                   dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
-                              should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn)
+                              should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn,
+                              binarize=self.binarize)
         if train is None:
             return False
-        valid = run_epoch(self.model, images, VALID_BATCH_SIZE, valid_indices, amp=self.amp, loss_fn=self.loss_fn)
+        valid = validate(self.model, valid_images, valid_indices, self.amp, self.loss_fn)
         lr = self.optimizer.param_groups[0]['lr']
         if self.scheduler is not None:
             self.scheduler.step()

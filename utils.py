@@ -1,5 +1,6 @@
 """Small helpers of the command-line scripts: one-line errors, flag types, devices, seeds."""
 import argparse
+import contextlib
 import random
 import sys
 
@@ -70,6 +71,20 @@ def get_device(gpu_id):
         raise CliError(f'--gpu_id {gpu_id}: this machine has {torch.cuda.device_count()} CUDA device(s), '
                        f'numbered from 0')
     return torch.device(f'cuda:{gpu_id}')
+
+
+# Evaluation draws its random numbers (a VAE's codes) from this seed: every epoch's valid loss
+# and predict.py's test losses come from the same draws, so that they compare and reproduce.
+EVAL_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Random numbers from seed inside the block; the caller's, on the CPU and on device, are
+    left as they were after it."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def set_seed(seed):

@@ -17,6 +17,11 @@ def test_flops_come_from_the_layer_shapes():
     assert bench.training_flops(shapes) == 3 * bench.forward_flops(shapes) - 2 * 784 * 400
 
 
+def test_gated_layers_count_both_of_their_products():
+    decoder = bench.linear_shapes(build_model(bench.NLL_VAE).decoder)
+    assert decoder == [(40, 300), (40, 300), (300, 300), (300, 300), (300, 784)]  # h and gate per hidden layer
+
+
 def test_the_dataloader_baseline_trains_on_the_same_inputs():
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
     dataset = bench.ToTensorDataset(images)
@@ -36,6 +41,8 @@ def test_timers_run_on_a_small_data_set():
         assert bench.inference_throughput(model, images, cpu, min_seconds=.01) > 0
     for dtype in (torch.float32, torch.bfloat16):
         assert bench.matmul_throughput([(784, 40)], 64, cpu, dtype, rounds=1, min_seconds=.01) > 0
+    nll = bench.nll_speed(images, cpu, n_images=3, n_samples=40)
+    assert nll['seconds_per_image'] > 0 and nll['share_of_matmul'] == nll['achieved_gflops'] / nll['matmul_gflops']
 
 
 def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):

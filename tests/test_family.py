@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Normal
 
 import predict
 import train
@@ -38,6 +39,12 @@ VARIANTS = {
     'overcomplete_denoising': ['--btl_size', '800', '--noise', 'gaussian', '--hidden_sizes', '32'],
     'bn_eps': ['--bn_eps', '1e-3', '--hidden_sizes', '64'],
     'conv_bn_eps': ['--arch', 'conv', '--bn_eps', '1e-3', '--hidden_sizes', '4'],
+    'gated': ['--gated', '--hidden_sizes', '64'],
+    'vamp_prior': ['--model', 'vae', '--prior', 'vamp', '--n_pseudo', '7', '--use_dropout', '--hidden_sizes', '64'],
+    'iwae': ['--model', 'vae', '--iwae_k', '4', '--hidden_sizes', '64'],
+    'binarized_gated_vamp_iwae': ['--model', 'vae', '--binarize', '--gated', '--prior', 'vamp', '--n_pseudo', '5',
+                                  '--use_dropout', '--iwae_k', '3', '--hidden_sizes', '64', '32'],
+    'continuous_bernoulli': ['--model', 'vae', '--likelihood', 'cbernoulli', '--hidden_sizes', '64'],
 }
 
 
@@ -155,6 +162,70 @@ def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
         assert torch.allclose(loss, parts['recon'] + 2. * parts['kl'])
 
 
+def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
+    config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., gated=True)
+    model = build_model({**config, 'image_shape': [1, 1, 6]}).eval()
+    x = torch.rand(4, 6)
+    gated = model.encoder[0].block[0]
+    h, gate = gated.h, gated.gate
+    assert torch.allclose(model.encoder[0](x), (x @ h.weight.T + h.bias) * torch.sigmoid(x @ gate.weight.T + gate.bias))
+    kinds = [type(m).__name__ for m in model.modules() if type(m).__name__ in ('GatedLinear', 'ReLU')]
+    assert kinds == ['GatedLinear', 'GatedLinear']  # one per hidden layer, encoder and decoder, no activation
+
+
+def vamp_vae(n_pseudo, btl_size=3, n_pixels=6):
+    torch.manual_seed(0)
+    config = make_config(model='vae', hidden_sizes=[5], btl_size=btl_size, use_dropout=True, dropout_p=0.,
+                         prior='vamp', n_pseudo=n_pseudo)
+    return build_model({**config, 'image_shape': [1, 1, n_pixels]}).eval()
+
+
+def test_the_vamp_prior_is_the_mean_of_the_posteriors_at_the_pseudo_inputs():
+    model = vamp_vae(n_pseudo=4)
+    z = torch.randn(10, 3) * 2
+    with torch.no_grad():
+        mu, logvar = model.posterior(model.pseudo_inputs.clamp(0, 1))
+        densities = torch.stack([Normal(m, torch.exp(.5 * v)).log_prob(z).sum(1).exp() for m, v in zip(mu, logvar)])
+        assert torch.allclose(model.log_prior(z), densities.mean(0).log(), rtol=1e-5, atol=1e-5)
+        samples = model.sample_prior(20000, 'cpu')
+    # the mixture's samples have its mean and variance (law of total variance)
+    mean, var = mu.mean(0), (logvar.exp() + mu.pow(2)).mean(0) - mu.mean(0).pow(2)
+    assert torch.allclose(samples.mean(0), mean, atol=5 * (var / 20000).sqrt().max().item())
+    assert torch.allclose(samples.var(0), var, rtol=.1)
+
+
+def test_the_vamp_prior_of_a_1d_code_integrates_to_one():
+    model = vamp_vae(n_pseudo=6, btl_size=1)
+    z = torch.linspace(-30, 30, 60001).unsqueeze(1)
+    with torch.no_grad():
+        integral = model.log_prior(z).double().exp().sum() * (z[1] - z[0]).item()
+    assert integral.item() == pytest.approx(1., abs=1e-3)
+
+
+def test_the_vamp_kl_is_log_q_minus_log_p_at_the_drawn_code():
+    model = vamp_vae(n_pseudo=3)
+    x = torch.rand(5, 6)
+    torch.manual_seed(2)
+    loss, parts = model.image_losses(x)
+    torch.manual_seed(2)
+    mu, logvar = model.posterior(x)
+    z = mu + torch.randn_like(mu) * torch.exp(.5 * logvar)
+    expected = Normal(mu, torch.exp(.5 * logvar)).log_prob(z).sum(1) - model.log_prior(z)
+    assert torch.allclose(parts['kl'], expected, atol=1e-5) and torch.allclose(loss, parts['recon'] + parts['kl'])
+
+
+def test_iwae_training_minimises_the_importance_weighted_bound_and_validation_the_elbo():
+    config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., iwae_k=6)
+    model = build_model({**config, 'image_shape': [1, 1, 6]}).train()
+    x = torch.rand(4, 6)
+    torch.manual_seed(3)
+    loss, parts = model.image_losses(x)
+    torch.manual_seed(3)
+    log_w = model.log_importance_weights(x, 6)
+    assert parts == {} and torch.allclose(loss, -(log_w.exp().mean(0)).log(), atol=1e-4)
+    assert set(model.eval().image_losses(x)[1]) == {'recon', 'kl'}
+
+
 def test_sparsity_penalty_is_the_kl_to_the_target_activation():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., sparsity=.1,
                          sparsity_weight=3.)
@@ -211,6 +282,15 @@ def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
     (['--arch', 'lstm', '--bn_eps', '1e-3'], '--bn_eps applies to BatchNorm, which --arch lstm has not'),
     (['--noise', 'masking', '--noise_level', '1.5'], 'takes a share of the pixels'),
     (['--activation', 'swish'], "invalid choice: 'swish'"),
+    (['--model', 'vae', '--loss', 'mse'], '--loss applies to --model ae only (the VAE has --likelihood'),
+    (['--gated', '--arch', 'conv'], '--gated needs --arch mlp'),
+    (['--gated', '--tied'], '--gated needs --arch mlp, and neither --tied'),
+    (['--gated', '--activation', 'tanh'], 'nor --activation (the gate replaces it)'),
+    (['--prior', 'vamp'], '--prior vamp needs --model vae and --use_dropout'),
+    (['--model', 'vae', '--prior', 'vamp'], 'BatchNorm would take the pseudo-inputs into its batch statistics'),
+    (['--iwae_k', '5'], '--iwae_k applies to --model vae only'),
+    (['--model', 'vae', '--iwae_k', '5', '--kl_anneal', '3'], 'has no KL term to weigh or warm up'),
+    (['--model', 'vae', '--iwae_k', '0'], '--iwae_k'),
 ])
 def test_combinations_that_make_no_sense(flags, match, data_dir, tmp_path, capsys):
     expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--data_dir', data_dir,

@@ -1,7 +1,8 @@
 """Property-based tests: random valid architectures (every --model, --arch, --n_layers,
---hidden_sizes, --btl_size, --use_dropout, --tied, --activation, with the regularizers, with
-and without bf16 autocast) train a step; random and mutated bytes given to the IDX reader and
-to checkpoint loading fail only with the project's own errors."""
+--hidden_sizes, --btl_size, --use_dropout, --tied, --activation, --gated, the VAE's likelihoods,
+priors and IWAE, with the regularizers, with and without bf16 autocast) train a step; random and
+mutated bytes given to the IDX reader and to checkpoint loading fail only with the project's own
+errors."""
 import argparse
 import gzip
 import os
@@ -44,6 +45,14 @@ def architectures(draw):
                          l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
                          sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
     config['bn_eps'] = BN_EPS if config['use_dropout'] or arch == 'lstm' else draw(st.sampled_from([BN_EPS, 1e-3]))
+    if arch == 'mlp' and draw(st.booleans()):
+        config.update(gated=True, tied=False, activation='relu')
+    if model == 'vae':
+        config['likelihood'] = draw(st.sampled_from(['bernoulli', 'cbernoulli']))
+        if config['use_dropout'] or arch == 'lstm':
+            config.update(prior=draw(st.sampled_from(['normal', 'vamp'])), n_pseudo=draw(st.integers(1, 20)))
+        if draw(st.booleans()):
+            config.update(iwae_k=draw(st.integers(2, 4)), kl_weight=1., kl_anneal=0)
     assert incompatible_flags(argparse.Namespace(**config)) is None  # the draw keeps to the rules
     return config
 

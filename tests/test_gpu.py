@@ -54,7 +54,7 @@ def test_a_gpu_checkpoint_evaluates_alike_on_the_gpu_and_the_cpu(data_dir, tmp_p
     gpu, cpu = metrics['0'], metrics['-1']
     # The same weights and images: only the order of the floating-point operations differs
     # (and the random draws of the IWAE estimate).
-    for name in ('recon_at_posterior_mean', 'sse_per_image', 'neg_elbo', 'pca_sse_per_image'):
+    for name in ('sse_per_image', 'neg_elbo', 'pca_sse_per_image'):
         assert gpu[name] == pytest.approx(cpu[name], rel=1e-3), name
     assert gpu['iwae_nll'] == pytest.approx(cpu['iwae_nll'], rel=.02)
     assert abs(gpu['knn_accuracy'] - cpu['knn_accuracy']) <= .05

@@ -75,11 +75,14 @@ def test_vae_loss_is_the_negative_elbo_per_image():
     torch.manual_seed(0)
     model = build_model(config(model='vae', hidden_sizes=[3], btl_size=2, kl_weight=.5, image_shape=[1, 1, 4])).eval()
     x = torch.tensor([[0., 1., .5, .2], [1., 0., 0., .9]])
+    torch.manual_seed(1)
     loss, parts = model.loss(x)
 
-    # By hand: in eval z = mu; the decoder gives Bernoulli logits for each pixel.
+    # By hand: z is drawn from q(z|x), in eval too; the decoder gives Bernoulli logits for each pixel.
     mu, logvar = model.encoder(x)[:, :2], model.encoder(x)[:, 2:].clamp(max=LOGVAR_MAX)
-    p = torch.sigmoid(model.decoder(mu))
+    torch.manual_seed(1)
+    z = mu + torch.randn_like(mu) * torch.exp(.5 * logvar)
+    p = torch.sigmoid(model.decoder(z))
     recon = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(1)  # summed over pixels
     var = torch.exp(logvar)
     kl = .5 * (mu ** 2 + var - 1 - torch.log(var)).sum(1)  # summed over latents

@@ -16,7 +16,8 @@ FIGURES = {'recon': ['reconstructions.png'], 'latent': ['latent.png'], 'boundary
 METRICS = {'dataset', 'n_test', 'sse_per_image', 'bce_per_image', 'knn_accuracy', 'pca_components',
            'pca_sse_per_image', 'pca_bce_per_image', 'pca_knn_accuracy'}
 AE_METRICS = {'test_loss', 'test_recon'}
-VAE_METRICS = {'recon_at_posterior_mean', 'kl', 'neg_elbo', 'active_units', 'iwae_samples', 'iwae_nll'}
+VAE_METRICS = {'recon', 'kl', 'neg_elbo', 'active_units', 'iwae_samples', 'iwae_nll', 'iwae_nll_std_error',
+               'likelihood', 'nats_of_log_px'}
 
 
 @pytest.fixture(scope='module')

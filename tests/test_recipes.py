@@ -20,6 +20,9 @@ def test_recipe_targets_are_judged_against_their_baselines():
         'vae20': recipe_result(neg_elbo=97., iwae_nll=96.),
         'classic_vae20': recipe_result(neg_elbo=100., iwae_nll=99.),
         'anomaly': recipe_result(anomaly_roc_auc=.8, train_seconds=16 * 60.),
+        'binarized_vae': recipe_result(iwae_nll=228.5, iwae_nll_std_error=.5, iwae_samples=5000),
+        'binarized_iwae': recipe_result(iwae_nll=227., iwae_nll_std_error=.5, iwae_samples=5000,
+                                        train_seconds=90 * 60.),
     }
     rows = {label: (value, note) for label, value, note in recipes.recipe_rows(results)}
     assert rows['AE 2-d: squared error per image vs PCA-2'] == ('5.00 vs 10.00', '0.50x, target <= 0.55x: met')
@@ -28,6 +31,22 @@ def test_recipe_targets_are_judged_against_their_baselines():
     assert rows['VAE 20-d: negative ELBO vs classic 784-400-20'][1] == '3.00% below, target >= 2%: met'
     assert rows['train time of ae2'][1] == 'target <= 15 min: met'
     assert rows['train time of anomaly'] == ('16.0 min', 'target <= 15 min: NOT MET')
+    assert rows['binarized_vae: test -log p(x), 5000 samples, vs VAE, N(0, I) prior'] == (
+        '228.50 +- 0.50 vs 228.70', 'target <= 228.70: met')
+    assert rows['binarized_iwae: test -log p(x), 5000 samples, vs Exemplar VAE'] == (
+        '227.00 +- 0.50 vs 226.75', 'target <= 226.75: NOT MET')
+    assert rows['train time of binarized_iwae'] == ('90.0 min', '')  # as long as the protocol takes
+
+
+def test_some_recipes_alone(tmp_path, capsys):
+    data_dir = tmp_path / 'data'
+    write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
+    recipes.main(['--recipes', 'binarized_vamp', '--recipe_epochs', '1', '--data_dir', str(data_dir),
+                  '--recipes_dir', str(tmp_path / 'recipes')])
+    results = json.loads((tmp_path / 'recipes' / 'recipes.json').read_text())
+    assert list(results) == ['binarized_vamp'] and results['binarized_vamp']['iwae_samples'] == recipes.SHORT_IW_SAMPLES
+    out = capsys.readouterr().out
+    assert 'binarized_vamp: test -log p(x), 100 samples, vs VAE, VampPrior' in out and 'AE 2-d' not in out
 
 
 def test_recipes_train_and_evaluate_through_the_real_scripts(tmp_path, capsys):

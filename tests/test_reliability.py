@@ -28,6 +28,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(flags, data_dir, 
     assert_same_run(whole, resumed)
 
 
+def test_an_early_stopped_run_resumed_stops_where_an_uninterrupted_one_does(data_dir, tmp_path):
+    # lr 0.1 makes the valid loss stall within a few epochs, so that patience 1 ends the run early.
+    common = ['--data_dir', data_dir, *TINY, '--lr', '0.1', '--patience', '1']
+    whole = train_in_process('--model_fn', str(tmp_path / 'whole.pth'), *common, '--n_epochs', '30')
+    assert len(whole['history']) < 30
+    part = str(tmp_path / 'part.pth')
+    train_in_process('--model_fn', part, *common, '--n_epochs', '2')
+    resumed = train_in_process('--model_fn', part, '--resume', '--n_epochs', '30')
+    assert_same_run(whole, resumed)
+
+
 def test_resume_may_switch_amp_and_compile_and_takes_defaults_for_flags_newer_than_the_checkpoint(data_dir, tmp_path):
     model_fn = str(tmp_path / 'm.pth')
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')

@@ -34,6 +34,21 @@ def test_trainer_restores_the_weights_of_the_best_epoch():
     assert model.w.item() == 3.5
 
 
+def test_patience_stops_after_that_many_epochs_without_a_better_valid_loss():
+    # Valid losses per epoch: 4, 0.25, 1, 0.25 (a tie is no better), 49, 0: with patience 3
+    # training stops after epoch 5, three epochs after the best, and never reaches the 0.
+    model = ScalarModel()
+    optimizer = ScriptedOptimizer(model.parameters(), [5., 3.5, 4., 2.5, 10., 3.])
+    images = torch.zeros(8, 2, 2, dtype=torch.uint8)
+    trainer = Trainer(model, optimizer, verbose=0, patience=3)
+    assert trainer.train(images, torch.arange(8), torch.arange(8), n_epochs=6, batch_size=8)
+    assert [h['valid_loss'] for h in trainer.history] == [4., .25, 1., .25, 49.]
+    assert model.w.item() == 3.5
+    # The stop is read from the history: the same trainer asked for more epochs trains no more.
+    assert trainer.train(images, torch.arange(8), torch.arange(8), n_epochs=10, batch_size=8)
+    assert len(trainer.history) == 5
+
+
 def test_run_epoch_averages_per_image_over_uneven_batches():
     class MeanPixel(nn.Module):
         def loss(self, x):
