@@ -1,6 +1,8 @@
 """Small helpers of the command-line scripts: one-line errors, flag types, devices, seeds."""
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import random
 import sys
 
@@ -85,6 +87,26 @@ def seeded(seed, device):
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == 'cuda' else []):
         torch.manual_seed(seed)
         yield
+
+
+# glibc's mallopt parameters (malloc.h) and the values that keep_freed_memory sets.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HELD_MEMORY = {M_MMAP_THRESHOLD: 256 << 20, M_TRIM_THRESHOLD: 1 << 30}
+
+
+def keep_freed_memory():
+    """Asks glibc to serve tensors of up to 256 MiB from memory the process keeps, and to keep up
+    to 1 GiB of freed memory, instead of giving each large block back to the system when a tensor
+    is freed and mapping it afresh, page fault by page fault, for the next. A loop that makes and
+    frees tensors of a few MB many times (the importance-sampled -log p(x)) then runs about 1.5
+    times faster on a CPU (docs/performance.md). Without glibc it does nothing."""
+    name = ctypes.util.find_library('c')
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    for parameter, value in HELD_MEMORY.items():
+        mallopt(parameter, value)
 
 
 def set_seed(seed):

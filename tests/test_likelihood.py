@@ -33,6 +33,21 @@ def test_the_bernoulli_likelihood_sums_to_one_over_every_binary_image():
         assert total.item() == pytest.approx(1., abs=1e-6)
 
 
+@pytest.mark.parametrize('n_pixels', [2, 13, 784, 3 * 64 * 64])  # 13: a prime, one pixel per product
+def test_the_bernoulli_log_likelihood_is_x_l_minus_softplus_l_at_any_size(n_pixels):
+    """Against the same sum in float64, for binary and grayscale x and logits up to +-60, where a
+    sigmoid is 1 in fp32. Bound: the fp32 rounding of each term (x l, max(l, 0), the log of a
+    sigmoid), at most 2^-24 of |l| + 1 each, accumulated over the pixels in the worst order."""
+    model = tiny_vae('bernoulli', n_pixels=n_pixels)
+    generator = torch.Generator().manual_seed(n_pixels)
+    logits = torch.randn(5, n_pixels, generator=generator) * 20
+    logits[0, 0] = 60.
+    x = torch.cat([torch.rand(2, n_pixels, generator=generator), torch.rand(3, n_pixels, generator=generator).round()])
+    exact = (x.double() * logits.double() - torch.nn.functional.softplus(logits.double())).sum(1)
+    bound = n_pixels * 2 ** -24 * (3 * logits.abs().double().sum(1) + n_pixels)
+    assert ((model.log_likelihood(logits, x).double() - exact).abs() <= bound).all()
+
+
 def test_the_continuous_bernoulli_integrates_to_one_over_the_unit_square():
     """A midpoint sum over an n x n grid of [0, 1]^2. Each pixel's density is C exp(eta x) for
     logit eta, whose second derivative is eta^2 times itself: the midpoint rule's error per
