@@ -42,7 +42,8 @@ def test_timers_run_on_a_small_data_set():
     for dtype in (torch.float32, torch.bfloat16):
         assert bench.matmul_throughput([(784, 40)], 64, cpu, dtype, rounds=1, min_seconds=.01) > 0
     nll = bench.nll_speed(images, cpu, n_images=3, n_samples=40)
-    assert nll['seconds_per_image'] > 0 and nll['share_of_matmul'] == nll['achieved_gflops'] / nll['matmul_gflops']
+    low, high = nll['share_of_matmul_range']
+    assert nll['seconds_per_image'] > 0 and 0 < low <= nll['share_of_matmul'] <= high
 
 
 def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
