@@ -32,6 +32,8 @@ CLASS_NAMES = {
 }
 IDX_DTYPE_UBYTE = 0x08
 READ_CHUNK = 1 << 20
+# DEFLATE expands its input at most 1032-fold (a 258-byte match coded in 2 bits).
+MAX_DEFLATE_RATIO = 1032
 
 
 class DataError(CliError):
@@ -64,9 +66,13 @@ def _read_idx_stream(f, path):
     n_bytes = math.prod(shape)
     header_size = 4 + len(dims)
     # Never allocate more than the file holds, so a corrupt header cannot claim gigabytes: the
-    # length comes from the file's size, or for gzip from its trailer (the size modulo 2**32).
+    # length comes from the file's size, or for gzip from its trailer (the size modulo 2**32) and
+    # from the most that its compressed bytes can expand to.
     expected = header_size + n_bytes
     if path.endswith('.gz'):
+        if expected > MAX_DEFLATE_RATIO * os.path.getsize(path):
+            raise DataError(f'{path}: corrupt IDX file, header says shape {tuple(shape)} = {expected} bytes, more '
+                            f'than a gzip file of {os.path.getsize(path)} bytes can hold')
         length, expected = _gzip_length(path), expected % 2 ** 32
     else:
         length = os.path.getsize(path)

@@ -53,6 +53,18 @@ def test_read_idx_truncated_gzip(tmp_path):
     assert str(path) in str(error.value)
 
 
+def test_read_idx_gzip_header_that_claims_more_than_the_archive_can_hold(tmp_path):
+    # 256 x 65536 x 65537 bytes is 2**40 + 2**24: a gzip trailer (the length modulo 2**32) cannot
+    # tell it from the 2**24 bytes that are there, but 16 KB of compressed bytes cannot hold 1 TB.
+    shape = (256, 65536, 65537)
+    header = bytes([0, 0, 8, 3]) + b''.join(d.to_bytes(4, 'big') for d in shape)
+    path = tmp_path / 'images-idx3-ubyte.gz'
+    path.write_bytes(gzip.compress(header + bytes(2 ** 24)))
+    with pytest.raises(DataError, match='more than a gzip file of') as error:
+        read_idx(str(path))
+    assert str(path) in str(error.value)
+
+
 @pytest.mark.parametrize('layout', ['', 'MNIST/raw'])
 @pytest.mark.parametrize('compress', [True, False])
 def test_load_dataset_finds_files_in_data_dir_and_torchvision_layout(tmp_path, layout, compress):

@@ -78,7 +78,7 @@ def test_the_quick_start_runs_as_written(tmp_path):
     for command in commands:
         _, script, *argv = shlex.split(command)
         result = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=600)
+                                capture_output=True, text=True, timeout=1800)
         assert result.returncode == 0, f'{command}: {result.stderr}'
     assert (tmp_path / 'ae.pth').is_file() and (tmp_path / 'ae_predict' / 'metrics.json').is_file()
     assert (tmp_path / 'ae_figures' / 'reconstructions.png').is_file()
