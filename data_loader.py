@@ -69,13 +69,12 @@ def _read_idx_stream(f, path):
     # length comes from the file's size, or for gzip from its trailer (the size modulo 2**32) and
     # from the most that its compressed bytes can expand to.
     expected = header_size + n_bytes
+    length = os.path.getsize(path)
     if path.endswith('.gz'):
-        if expected > MAX_DEFLATE_RATIO * os.path.getsize(path):
+        if expected > MAX_DEFLATE_RATIO * length:
             raise DataError(f'{path}: corrupt IDX file, header says shape {tuple(shape)} = {expected} bytes, more '
-                            f'than a gzip file of {os.path.getsize(path)} bytes can hold')
+                            f'than a gzip file of {length} bytes can hold')
         length, expected = _gzip_length(path), expected % 2 ** 32
-    else:
-        length = os.path.getsize(path)
     if length != expected:
         _raise_wrong_length(path, shape, header_size + n_bytes, length)
     data = torch.empty(n_bytes, dtype=torch.uint8)
