@@ -19,10 +19,12 @@ MAX_DECODED_ROWS = {'cpu': 2048, 'cuda': 32768}
 
 
 @torch.no_grad()
-def encode_all(model, images, batch_size=1024):
-    """Codes of all images (uint8, on the model's device), in eval mode."""
+def encode_all(model, images, batch_size=1024, features=False):
+    """Codes of all images (uint8, on the model's device), in eval mode; with features, the
+    encoder's last hidden features instead."""
     model.eval()
-    return torch.cat([model.encode(to_input(batch)) for batch in images.split(batch_size)])
+    encode = model.hidden_features if features else model.encode
+    return torch.cat([encode(to_input(batch)) for batch in images.split(batch_size)])
     # |z| = (n_images, btl_size)
 
 
@@ -156,16 +158,19 @@ def knn_distance(reference, query, k=1, chunk=1024):
     return torch.cat(distances)
 
 
-def gaussian_nll(reference, query):
+def gaussian_nll(reference, query, ridge=0.):
     """Per query row: -log density under a full-covariance Gaussian fitted to reference."""
-    return -fit_gaussian(reference.double()).log_prob(query.double()).float()
+    return -fit_gaussian(reference.double(), ridge).log_prob(query.double()).float()
 
 
-def fit_gaussian(codes):
-    """A full-covariance Gaussian fitted to codes, to sample an AutoEncoder's code space."""
+def fit_gaussian(codes, ridge=0.):
+    """A full-covariance Gaussian fitted to codes, to sample an AutoEncoder's code space. ridge
+    adds that share of the mean variance to every variance: a covariance of more dimensions than
+    the codes can pin down becomes a usable one."""
     mean = codes.mean(0)
     cov = torch.cov(codes.T).reshape(codes.shape[1], codes.shape[1])
-    cov = cov + 1e-6 * torch.eye(len(mean), device=codes.device)  # stays positive definite
+    cov = cov + (ridge * cov.diagonal().mean() + 1e-6) * torch.eye(len(mean), dtype=cov.dtype,
+                                                                    device=codes.device)  # stays positive definite
     return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
 
 

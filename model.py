@@ -218,6 +218,19 @@ class Codec(nn.Module):
     def forward(self, x):
         return self.decode(self.encode(x))
 
+    def hidden_features(self, x):
+        """The encoder's last hidden layer: the input of the Linear that every encoder ends
+        with, wider than the code (2,048 values for the conv encoder of 128 channels on 28 x 28)."""
+        head = [m for m in self.encoder.modules() if isinstance(m, nn.Linear)][-1]
+        seen = []
+        hook = head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+        try:
+            self.encoder(x)
+        finally:
+            hook.remove()
+        return seen[0].flatten(1).float()
+        # |features| = (batch_size, head.in_features)
+
     def loss(self, x):
         loss, parts = self.image_losses(x)
         return loss.mean(), {name: value.mean() for name, value in parts.items()}

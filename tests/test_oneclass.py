@@ -52,7 +52,7 @@ def test_a_model_of_one_class_tells_the_other_class_apart(tmp_path):
     summary = run(str(tmp_path / 'data'), tmp_path / 'out', '--classes', '2', '--model', 'vae', '--iw_samples', '20',
                   '--n_epochs', '20')  # the ELBO's scores need a VAE past its first noisy epochs
     aurocs = summary['per_class']['2']
-    assert set(aurocs) == {'recon', 'neg_elbo', 'iwae', 'code_gauss', 'code_knn', 'pca_recon', 'pixel_knn'}
+    assert set(aurocs) == {'recon', 'neg_elbo', 'iwae', 'code_gauss', 'code_knn', 'feature_gauss', 'pca_recon', 'pixel_knn'}
     assert min(aurocs.values()) > .9, aurocs
 
 
@@ -61,7 +61,7 @@ def test_the_protocol_writes_its_table_json_and_figure_and_a_second_run_reuses_t
     out_dir = tmp_path / 'out'
     summary = run(fashion_dir, out_dir, '--classes', '0', '3')
     assert list(summary['per_class']) == ['0', '3']
-    assert set(summary['mean']) == {'recon', 'code_gauss', 'code_knn', 'pca_recon', 'pixel_knn'}
+    assert set(summary['mean']) == {'recon', 'code_gauss', 'code_knn', 'feature_gauss', 'pca_recon', 'pixel_knn'}
     assert summary['mean']['recon'] == pytest.approx(np.mean([summary['per_class'][c]['recon'] for c in '03']))
     assert summary['published_mean_percent'] == {}  # two of ten classes: not comparable with the papers
     printed = capsys.readouterr().out
