@@ -186,11 +186,12 @@ def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device
 
 def results_table(per_class, class_names):
     names = list(next(iter(per_class.values())))
-    lines = [f'{"class":<24}' + ''.join(f'{name:>12}' for name in names)]
+    widths = {name: max(12, len(name) + 2) for name in names}
+    lines = [f'{"class":<24}' + ''.join(f'{name:>{widths[name]}}' for name in names)]
     for c, aurocs in per_class.items():
-        lines.append(f'{f"{c} {class_names[c]}":<24}' + ''.join(f'{100 * aurocs[n]:>12.1f}' for n in names))
+        lines.append(f'{f"{c} {class_names[c]}":<24}' + ''.join(f'{100 * aurocs[n]:>{widths[n]}.1f}' for n in names))
     means = mean_aurocs(per_class)
-    lines.append(f'{"mean":<24}' + ''.join(f'{100 * means[n]:>12.1f}' for n in names))
+    lines.append(f'{"mean":<24}' + ''.join(f'{100 * means[n]:>{widths[n]}.1f}' for n in names))
     return '\n'.join(lines)
 
 
