@@ -25,7 +25,7 @@ def encode_all(model, images, batch_size=1024, features=False):
     model.eval()
     encode = model.hidden_features if features else model.encode
     return torch.cat([encode(to_input(batch)) for batch in images.split(batch_size)])
-    # |z| = (n_images, btl_size)
+    # |z| = (n_images, btl_size), or with features (n_images, width of the last hidden layer)
 
 
 def reconstruction_errors(x_hat, x):

@@ -114,6 +114,15 @@ def test_bad_input_stops_before_any_training(flags, match, fashion_dir, tmp_path
     assert not (tmp_path / 'o' / 'class_0.pth').exists()
 
 
+
+def test_a_hidden_layer_too_wide_for_feature_gauss_is_one_line_and_keeps_the_checkpoint(fashion_dir, tmp_path, capsys,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(oneclass, 'MAX_FEATURE_WIDTH', 31)  # FAST's last hidden layer has 32 units
+    expect_usage_error(oneclass.main, 'oneclass.py', ['--data_dir', fashion_dir, '--out_dir', str(tmp_path / 'o'),
+                                                      '--classes', '0', *FAST], capsys,
+                       "--scores feature_gauss: the encoder's last hidden layer has 32 features")
+    assert (tmp_path / 'o' / 'class_0.pth').exists()
+
 def test_a_class_with_too_few_images_is_refused(tmp_path, capsys):
     data = tmp_path / 'FashionMNIST' / 'raw'
     data.mkdir(parents=True)
