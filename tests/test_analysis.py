@@ -104,13 +104,13 @@ def test_fit_gaussian_recovers_mean_and_covariance():
     assert torch.allclose(gaussian.covariance_matrix, torch.tensor([[5., .5], [.5, .25]]), atol=.1)  # A^T A
 
 
-
 def test_a_ridge_adds_its_share_of_the_mean_variance_to_every_variance():
     torch.manual_seed(0)
     codes = torch.randn(50, 200).double()  # more dimensions than codes: the covariance alone is singular
     plain, ridged = analysis.fit_gaussian(codes).covariance_matrix, analysis.fit_gaussian(codes, .5).covariance_matrix
     assert torch.allclose(ridged - plain, .5 * torch.cov(codes.T).diagonal().mean() * torch.eye(200).double())
     assert torch.isfinite(analysis.gaussian_nll(codes, torch.randn(3, 200), .5)).all()
+
 
 def test_the_code_box_holds_the_central_codes_and_ignores_outliers():
     codes = torch.cat([torch.linspace(0, 1, 1001)[:, None].expand(-1, 2), torch.tensor([[1000., -1000.]])])

@@ -64,7 +64,6 @@ def test_every_model_offers_the_same_interface(model_name):
     assert loss.dim() == 0 and 'recon' in parts
 
 
-
 @pytest.mark.parametrize('arch, hidden_sizes, width', [('mlp', [64, 32], 32), ('conv', [8, 16], 16 * 7 * 7),
                                                        ('lstm', [24], 24)])
 @pytest.mark.parametrize('model_name', ['ae', 'vae'])
@@ -75,6 +74,7 @@ def test_hidden_features_are_what_the_encoders_last_linear_makes_the_code_of(arc
     assert features.shape == (5, width)
     head = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)][-1]
     assert torch.allclose(head(features), model.encoder(x))
+
 
 def test_kl_matches_torch_distributions():
     torch.manual_seed(0)

@@ -52,7 +52,8 @@ def test_a_model_of_one_class_tells_the_other_class_apart(tmp_path):
     summary = run(str(tmp_path / 'data'), tmp_path / 'out', '--classes', '2', '--model', 'vae', '--iw_samples', '20',
                   '--n_epochs', '20')  # the ELBO's scores need a VAE past its first noisy epochs
     aurocs = summary['per_class']['2']
-    assert set(aurocs) == {'recon', 'neg_elbo', 'iwae', 'code_gauss', 'code_knn', 'feature_gauss', 'pca_recon', 'pixel_knn'}
+    assert set(aurocs) == {'recon', 'neg_elbo', 'iwae', 'code_gauss', 'code_knn', 'feature_gauss', 'pca_recon',
+                           'pixel_knn'}
     assert min(aurocs.values()) > .9, aurocs
 
 
@@ -114,7 +115,6 @@ def test_bad_input_stops_before_any_training(flags, match, fashion_dir, tmp_path
     assert not (tmp_path / 'o' / 'class_0.pth').exists()
 
 
-
 def test_a_hidden_layer_too_wide_for_feature_gauss_is_one_line_and_keeps_the_checkpoint(fashion_dir, tmp_path, capsys,
                                                                                         monkeypatch):
     monkeypatch.setattr(oneclass, 'MAX_FEATURE_WIDTH', 31)  # FAST's last hidden layer has 32 units
@@ -122,6 +122,7 @@ def test_a_hidden_layer_too_wide_for_feature_gauss_is_one_line_and_keeps_the_che
                                                       '--classes', '0', *FAST], capsys,
                        "--scores feature_gauss: the encoder's last hidden layer has 32 features")
     assert (tmp_path / 'o' / 'class_0.pth').exists()
+
 
 def test_a_class_with_too_few_images_is_refused(tmp_path, capsys):
     data = tmp_path / 'FashionMNIST' / 'raw'
