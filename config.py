@@ -41,6 +41,7 @@ TRAINING = dict(
     weight_decay=0.,
     scheduler='none',
     patience=0,          # stop after this many epochs without a better valid loss (0: never)
+    ema=0.,              # decay of an exponential moving average of the weights, which is validated and saved (0: none)
     amp=False,
     compile=False,
     seed=1,

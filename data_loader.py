@@ -459,6 +459,14 @@ def binarize_once(images, seed=BINARIZE_SEED, chunk=4096):
     return binary.to(images.device)
 
 
+def binary_input(images):
+    """uint8 images (B, C, H, W) -> inputs (B, C * H * W) of binary pixels, each 1 with probability
+    pixel / 255: a uniform integer in [0, 255) falls below the pixel with exactly that chance, and
+    drawing bytes is several times faster than torch.bernoulli of the float intensities."""
+    draws = torch.randint(0, 255, images.shape, dtype=torch.uint8, device=images.device)
+    return (draws < images).reshape(len(images), -1).float()
+
+
 def to_input(images):
     """uint8 images (B, C, H, W) -> float inputs (B, C * H * W) in [0, 1]."""
     # |x| = (batch_size, C * H * W), e.g. (batch_size, 784) for MNIST

@@ -40,14 +40,32 @@ def product_chunk(n):
 
 class GatedLinear(nn.Module):
     """Gated units, h = (W1 x + b1) * sigmoid(W2 x + b2) (Dauphin et al., 2017), the hidden layers
-    of the VampPrior and Exemplar VAE papers' networks: the gate replaces the activation."""
+    of the VampPrior and Exemplar VAE papers' networks: the gate replaces the activation. W1 and
+    W2 are the two halves of one Linear of twice the width: one matrix product gives both, and
+    one product of 2n columns runs faster than two of n."""
 
     def __init__(self, input_size, output_size):
         super().__init__()
-        self.h, self.gate = nn.Linear(input_size, output_size), nn.Linear(input_size, output_size)
+        self.linear = nn.Linear(input_size, 2 * output_size)
 
     def forward(self, x):
-        return self.h(x) * torch.sigmoid(self.gate(x))
+        h, gate = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(gate)
+
+
+def fuse_gated_halves(state_dict):
+    """A state dict whose GatedLinear layers were saved as two Linears, 'h' and 'gate' (an older
+    layout of the same layer), with each pair joined into the one Linear of today's layout; any
+    other state dict is returned as it is."""
+    fused = {}
+    for name, value in state_dict.items():
+        prefix, dot, leaf = name.rpartition('.h.')
+        partner = f'{prefix}.gate.{leaf}'
+        if dot and partner in state_dict:
+            fused[f'{prefix}.linear.{leaf}'] = torch.cat([value, state_dict[partner]])
+        elif not (name.rpartition('.gate.')[1] and name.replace('.gate.', '.h.') in state_dict):
+            fused[name] = value
+    return fused
 
 
 class Block(nn.Module):
@@ -303,7 +321,9 @@ class VAE(Codec):
         self.pseudo_inputs = nn.Parameter(torch.rand(n_pseudo, input_size)) if n_pseudo else None
 
     def set_epoch(self, epoch):
-        self.kl_ramp = min(1., (epoch - 1) / self.kl_anneal) if self.kl_anneal else 1.
+        # epoch / kl_anneal, never 0: with no KL term at all, nothing holds the posteriors' variances
+        # (a VampPrior's KL then reaches millions of nats in the first epoch).
+        self.kl_ramp = min(1., epoch / self.kl_anneal) if self.kl_anneal else 1.
 
     def posterior(self, x):
         # One head of 2 * btl_size outputs holds both mu and logvar; they are fp32 also under
@@ -322,16 +342,25 @@ class VAE(Codec):
     def encode(self, x):
         return self.sample_z(*self.posterior(x))
 
-    def log_prior(self, z):
-        """log p(z) of each code, |z| = (rows, btl_size)."""
+    def posteriors(self, x):
+        """q(z|x) of the batch, and with the VampPrior q(z|u_k) of its pseudo-inputs (else None), in
+        one encoder pass: one product of batch + n_pseudo rows per layer instead of two."""
+        if self.pseudo_inputs is None:
+            return self.posterior(x), None
+        mu, logvar = self.posterior(torch.cat([x, F.hardtanh(self.pseudo_inputs, 0., 1.).to(x.dtype)]))
+        return (mu[:len(x)], logvar[:len(x)]), (mu[len(x):], logvar[len(x):])
+
+    def log_prior(self, z, components=None):
+        """log p(z) of each code, |z| = (rows, btl_size); with the VampPrior, components are the
+        posteriors of its pseudo-inputs (from posteriors(), else computed here)."""
         if self.pseudo_inputs is None:
             return Normal(0., 1.).log_prob(z).sum(-1)
-        mu, logvar = self.posterior(F.hardtanh(self.pseudo_inputs, 0., 1.))
+        mu, logvar = components or self.posterior(F.hardtanh(self.pseudo_inputs, 0., 1.))
         # |mu| = |logvar| = (n_pseudo, btl_size). log N(z; mu_k, var_k) for every pair (row, k) as
         # matrix products, so that memory grows with rows x n_pseudo, not x btl_size too; in fp32
         # also under autocast (train.py --amp), where bf16 would round these nats to a quarter.
         with torch.autocast(z.device.type, enabled=False):
-            z = z.float()
+            z, mu, logvar = z.float(), mu.float(), logvar.float()
             precision = torch.exp(-logvar)
             log_q = -.5 * (z.pow(2) @ precision.T - 2 * z @ (mu * precision).T
                            + (mu.pow(2) * precision + logvar + math.log(2 * math.pi)).sum(1))
@@ -377,7 +406,7 @@ class VAE(Codec):
             # 2016), tighter than the ELBO; validation still measures the ELBO, so that runs compare.
             log_w = self.log_importance_weights(x, self.iwae_k)
             return math.log(self.iwae_k) - torch.logsumexp(log_w, 0), {}
-        mu, logvar = self.posterior(self.training_input(x))
+        (mu, logvar), components = self.posteriors(self.training_input(x))
         # z is drawn in evaluation too: the loss is then the ELBO, not a reconstruction at mu.
         z = mu + torch.randn_like(mu) * torch.exp(.5 * logvar)
         # Both terms are summed over their dimensions (784 pixels, btl_size latents) before
@@ -387,7 +416,7 @@ class VAE(Codec):
         if self.pseudo_inputs is None:
             kl = gaussian_kl(mu, logvar).sum(1)
         else:  # no closed form: log q(z|x) - log p(z) at the drawn z, an unbiased estimate of the KL
-            kl = Normal(mu, torch.exp(.5 * logvar)).log_prob(z).sum(1) - self.log_prior(z)
+            kl = Normal(mu, torch.exp(.5 * logvar)).log_prob(z).sum(1) - self.log_prior(z, components)
         beta = self.kl_weight * (self.kl_ramp if self.training else 1.)
         return recon + beta * kl, {'recon': recon, 'kl': kl}
 
@@ -396,13 +425,13 @@ class VAE(Codec):
         (n_samples, batch_size): their mean estimates the ELBO, their log-mean-exp the
         importance-weighted bound on log p(x) (Burda et al., 2016). In training the encoder sees
         the corrupted input of a denoising model, as in image_losses."""
-        mu, logvar = self.posterior(self.training_input(x))
+        (mu, logvar), components = self.posteriors(self.training_input(x))
         std = torch.exp(.5 * logvar)
         z = mu + std * torch.randn(n_samples, *mu.shape, device=mu.device)
         # |z| = (n_samples, batch_size, btl_size)
         logits = self.decoder(z.flatten(0, 1)).view(n_samples, len(x), -1)
         log_px_z = self.log_likelihood(logits, x)  # x broadcast over the samples, never copied
-        log_pz = self.log_prior(z.flatten(0, 1)).view(n_samples, len(x))
+        log_pz = self.log_prior(z.flatten(0, 1), components).view(n_samples, len(x))
         log_qz_x = Normal(mu, std).log_prob(z).sum(-1)
         return log_px_z + log_pz - log_qz_x
 
@@ -457,6 +486,7 @@ def model_from_checkpoint(checkpoint, path):
     is first built on the meta device (no memory) and compared with the weights, so a config
     that does not describe them is refused before anything is allocated."""
     try:
+        checkpoint['model'] = fuse_gated_halves(checkpoint['model'])
         with torch.device('meta'):
             expected = {k: tuple(v.shape) for k, v in build_model(checkpoint['config']).state_dict().items()}
         found = {k: tuple(getattr(v, 'shape', ())) for k, v in checkpoint['model'].items()}

@@ -112,6 +112,11 @@ def define_argparser():
     g.add_argument('--patience', type=int_at_least(0),
                    help='stop early after N epochs without a better valid loss; the best epoch is kept either way '
                         '(default: %(default)s, never)')
+    g.add_argument('--ema', type=float_in(0, 1, low_open=False), metavar='DECAY',
+                   help='validate and save an exponential moving average of the weights, which moves a share '
+                        '1 - DECAY toward them after every step (0.999 averages over the last thousand or so steps; '
+                        'IAF and Efficient-VDVAE evaluate such averages); 0: the weights themselves '
+                        '(default: %(default)s)')
     g.add_argument('--amp', action=argparse.BooleanOptionalAction,
                    help='run the forward passes under bf16 autocast: faster matrix products where the hardware '
                         'has bf16 units (Intel AMX, NVIDIA Ampere and later), though not for small models on a '
@@ -236,7 +241,7 @@ def main(argv=None):
     model = (model_from_checkpoint(checkpoint, model_fn) if checkpoint else build_model(config)).to(device)
     optimizer, scheduler = build_optimizer(model, config)
     trainer = Trainer(model, optimizer, scheduler, verbose=verbose, amp=config['amp'], compile=config['compile'],
-                      binarize=config['binarize'], patience=config['patience'])
+                      binarize=config['binarize'], patience=config['patience'], ema=config['ema'])
     if checkpoint is not None:
         try:
             trainer.load_state_dict(checkpoint)

@@ -4,7 +4,7 @@ import copy
 import torch
 from tqdm import tqdm
 
-from data_loader import to_input
+from data_loader import binary_input, to_input
 from utils import EVAL_SEED, seeded
 
 # Validation has no backward pass to hold memory for; larger batches use the matrix products
@@ -41,16 +41,49 @@ def build_optimizer(model, config):
     return optimizer, scheduler
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging; IAF and Efficient-VDVAE
+    evaluate and save such averages): a copy of the model whose parameters and float buffers move a
+    share 1 - decay toward the trained model's after every update. The decay starts low and rises
+    toward its value, min(decay, (1 + n) / (10 + n)) after n updates, so that the average does not
+    keep the random initial weights for thousands of steps."""
+
+    def __init__(self, model, decay):
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.updates = decay, 0
+        self.targets, self.sources = averaged_tensors(self.model), averaged_tensors(model)
+
+    @torch.no_grad()
+    def update(self, model):
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.targets, self.sources, 1 - decay)
+
+    def state_dict(self):
+        return {'model': self.model.state_dict(), 'updates': self.updates}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state['model'])
+        self.updates = state['updates']
+
+
+def averaged_tensors(model):
+    """The tensors of a model that an average follows: its parameters and float buffers (BatchNorm's
+    running statistics), in the order of its state dict, whose tensors share their storage."""
+    return [t for t in model.state_dict().values() if t.is_floating_point()]
+
+
 class NonFiniteLoss(Exception):
     """The loss became nan or inf; training cannot go on from these weights."""
 
 
 def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=None, should_stop=None, amp=False,
-              loss_fn=None, binarize=False):
+              loss_fn=None, binarize=False, average=None):
     """One pass over images[indices] (uint8, on the model's device; all images when indices is
     None): trains when an optimizer is given, else evaluates. The loss is model.loss, or
     loss_fn (model.loss compiled); with amp its forward pass runs under bf16 autocast. With
-    binarize, each batch is a fresh Bernoulli draw of its pixel intensities. Returns the mean
+    binarize, each batch is a fresh Bernoulli draw of its pixel intensities. A WeightAverage given
+    as average follows the weights after every update. Returns the mean
     loss and parts per image as floats, or None when should_stop() turned true before the pass
     ended."""
     training = optimizer is not None
@@ -65,10 +98,9 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
         for step, idx in enumerate(order.split(batch_size), start=1):
             if training and len(idx) < 2:
                 continue  # BatchNorm cannot train on one image; it is seen again next epoch
-            x = to_input(images.index_select(0, idx))  # much faster than images[idx] on a CPU
+            batch = images.index_select(0, idx)  # much faster than images[idx] on a CPU
+            x = binary_input(batch) if binarize else to_input(batch)
             # |x| = (batch_size, C * H * W)
-            if binarize:
-                x = torch.bernoulli(x)
             with forward_precision(images.device.type, amp):
                 loss, parts = loss_fn(x)
             # Checked before the update, so the weights never take a nan step.
@@ -78,6 +110,8 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if average is not None:
+                    average.update(model)
             # Sums stay on the device: no synchronisation for them.
             for name, value in {'loss': loss, **parts}.items():
                 totals[name] = totals.get(name, 0.) + value.detach() * len(idx)
@@ -124,7 +158,8 @@ class Trainer:
 
     With amp, the forward passes (training and validation) run under bf16 autocast; the
     weights, the gradients, the optimizer state and the losses stay fp32. With compile, the
-    model's loss runs through torch.compile (see compiled()).
+    model's loss runs through torch.compile (see compiled()). With ema, a WeightAverage of that
+    decay follows the weights: validation, the best epoch and the checkpoint take the average.
 
     After every epoch it calls on_epoch_end(trainer), where train.py saves a checkpoint.
     Setting stop_requested (from a signal handler) ends training after the current step;
@@ -132,8 +167,9 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, scheduler=None, verbose=1, amp=False, compile=False, binarize=False,
-                 patience=0):
+                 patience=0, ema=0.):
         self.model = model
+        self.average = WeightAverage(model, ema) if ema else None
         self.amp, self.binarize, self.patience = amp, binarize, patience
         self.loss_fn = compiled(model.loss) if compile else model.loss
         self.optimizer = optimizer
@@ -179,17 +215,25 @@ class Trainer:
         losses = [h['valid_loss'] for h in self.history]
         return len(losses) - 1 - losses.index(min(losses)) >= self.patience
 
+    @property
+    def evaluated(self):
+        """The model that validation measures and the checkpoint keeps: the average, if any."""
+        return self.average.model if self.average else self.model
+
     def _train_epoch(self, epoch, images, train_indices, valid_images, valid_indices, batch_size, epochs):
         self.model.set_epoch(epoch)
+        self.evaluated.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
         with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=progress_bar(self.verbose, 2),
                   dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
                               should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn,
-                              binarize=self.binarize)
+                              binarize=self.binarize, average=self.average)
         if train is None:
             return False
-        valid = validate(self.model, valid_images, valid_indices, self.amp, self.loss_fn)
+        # The compiled loss belongs to the trained model; the average is validated eagerly.
+        valid = validate(self.evaluated, valid_images, valid_indices, self.amp,
+                         None if self.average else self.loss_fn)
         lr = self.optimizer.param_groups[0]['lr']
         if self.scheduler is not None:
             self.scheduler.step()
@@ -199,7 +243,7 @@ class Trainer:
         is_best = valid['loss'] < self.best_loss
         if is_best:
             self.best_loss = valid['loss']
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = copy.deepcopy(self.evaluated.state_dict())
         if self.verbose >= 1:
             epochs.write(f'epoch {epoch}: train {format_losses(train)} | valid {format_losses(valid)}'
                          f'{" (best)" if is_best else ""}')
@@ -215,6 +259,7 @@ class Trainer:
                 'model': self.model.state_dict(),
                 'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
                 'rng': rng_states(),
+                'average': self.average.state_dict() if self.average else None,
             },
         }
 
@@ -228,3 +273,5 @@ class Trainer:
         self.best_state = state['model']
         self.best_loss = min(h['valid_loss'] for h in self.history)
         set_rng_states(state['last']['rng'])
+        if self.average:
+            self.average.load_state_dict(state['last']['average'])

@@ -13,7 +13,7 @@ import train
 from config import make_config
 from data_loader import write_idx
 from helpers import expect_usage_error
-from model import build_model
+from model import build_model, fuse_gated_halves, model_from_checkpoint
 from utils import run_cli
 
 SMALL = ['--n_epochs', '2', '--batch_size', '64', '--gpu_id', '-1', '--btl_size', '3']
@@ -148,12 +148,12 @@ def test_noise_only_in_training_and_of_the_right_kind():
     assert not torch.equal(gaussian.loss(x)[0], gaussian.loss(x)[0])
 
 
-def test_kl_warm_up_rises_linearly_in_training_and_validation_weighs_fully():
+def test_kl_warm_up_rises_linearly_from_its_first_step_in_training_and_validation_weighs_fully():
     config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., kl_weight=2.,
                          kl_anneal=4)
     model = build_model({**config, 'image_shape': [1, 1, 6]})
     x = torch.rand(8, 6)
-    for epoch, ramp in ((1, 0.), (2, .25), (3, .5), (5, 1.), (9, 1.)):
+    for epoch, ramp in ((1, .25), (2, .5), (3, .75), (4, 1.), (9, 1.)):
         model.set_epoch(epoch)
         torch.manual_seed(0)
         loss, parts = model.train().image_losses(x)
@@ -166,11 +166,28 @@ def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., gated=True)
     model = build_model({**config, 'image_shape': [1, 1, 6]}).eval()
     x = torch.rand(4, 6)
-    gated = model.encoder[0].block[0]
-    h, gate = gated.h, gated.gate
-    assert torch.allclose(model.encoder[0](x), (x @ h.weight.T + h.bias) * torch.sigmoid(x @ gate.weight.T + gate.bias))
+    w, b = model.encoder[0].block[0].linear.weight, model.encoder[0].block[0].linear.bias
+    (w1, w2), (b1, b2) = w.chunk(2), b.chunk(2)  # the value's and the gate's halves of the one Linear
+    assert torch.allclose(model.encoder[0](x), (x @ w1.T + b1) * torch.sigmoid(x @ w2.T + b2))
     kinds = [type(m).__name__ for m in model.modules() if type(m).__name__ in ('GatedLinear', 'ReLU')]
     assert kinds == ['GatedLinear', 'GatedLinear']  # one per hidden layer, encoder and decoder, no activation
+
+
+def test_a_gated_checkpoint_of_two_linears_per_layer_loads_into_the_fused_layer():
+    config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., gated=True,
+                         image_shape=[1, 1, 6])
+    model = build_model(config).eval()
+    split = {}  # the older layout: the halves as Linears 'h' and 'gate'
+    for name, value in model.state_dict().items():
+        if '.linear.' in name:
+            for half, part in zip(('h', 'gate'), value.chunk(2)):
+                split[name.replace('.linear.', f'.{half}.')] = part.clone()
+        else:
+            split[name] = value
+    loaded = model_from_checkpoint({'config': config, 'model': split}, 'old.pth').eval()
+    x = torch.rand(4, 6)
+    assert torch.equal(loaded.encode(x), model.encode(x))
+    assert fuse_gated_halves(model.state_dict()).keys() == model.state_dict().keys()
 
 
 def vamp_vae(n_pseudo, btl_size=3, n_pixels=6):

@@ -17,7 +17,8 @@ from trainer import Trainer
 from utils import run_cli
 
 
-@pytest.mark.parametrize('flags', [['--model', 'ae', '--use_dropout'], ['--model', 'vae'], ['--model', 'ae', '--amp']])
+@pytest.mark.parametrize('flags', [['--model', 'ae', '--use_dropout'], ['--model', 'vae'], ['--model', 'ae', '--amp'],
+                                   ['--model', 'vae', '--binarize', '--gated', '--ema', '0.9']])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(flags, data_dir, tmp_path):
     common = ['--data_dir', data_dir, '--btl_size', '3', '--gpu_id', '-1', '--hidden_sizes', '64', '32',
               '--batch_size', '32']

@@ -5,7 +5,7 @@ import torch.nn as nn
 from config import make_config
 from helpers import SMALL_AE, ScalarModel, make_images
 from model import build_model
-from trainer import VALID_BATCH_SIZE, Trainer, compiled, run_epoch
+from trainer import VALID_BATCH_SIZE, Trainer, WeightAverage, compiled, run_epoch
 
 
 class ScriptedOptimizer(torch.optim.SGD):
@@ -159,3 +159,34 @@ def test_the_compiled_loss_keeps_a_graph_for_each_batch_size():
         for batch_size in (16, 8, 12):
             loss_fn(torch.rand(batch_size, 784))
     assert counters['stats']['unique_graphs'] - graphs_before == 3
+
+
+def test_the_weight_average_follows_the_weights_by_its_warming_decay():
+    model = ScalarModel()
+    average = WeightAverage(model, decay=.9)
+    for n, w in enumerate([5., 3., 1.], start=1):
+        expected = average.model.w.item()
+        model.w.data.fill_(w)
+        average.update(model)
+        decay = min(.9, (1 + n) / (10 + n))
+        assert average.model.w.item() == pytest.approx(decay * expected + (1 - decay) * w)
+    assert model.w.item() == 1.  # the trained weights are left as they are
+
+
+def test_with_ema_validation_the_best_epoch_and_the_checkpoint_take_the_average():
+    # The scripted weights give valid losses 4, 0.25, 49, 1; the average's are others, and the
+    # history, the best state and the restored model follow the average's.
+    model = ScalarModel()
+    optimizer = ScriptedOptimizer(model.parameters(), [5., 3.5, 10., 4.])
+    images = torch.zeros(8, 2, 2, dtype=torch.uint8)
+    trainer = Trainer(model, optimizer, verbose=0, ema=.5)
+    assert trainer.train(images, torch.arange(8), torch.arange(8), n_epochs=4, batch_size=8)
+    averages, w = [], 0.  # ScalarModel starts at w = 0
+    for n, value in enumerate([5., 3.5, 10., 4.], start=1):
+        decay = min(.5, (1 + n) / (10 + n))
+        w = decay * w + (1 - decay) * value
+        averages.append(w)
+    assert [h['valid_loss'] for h in trainer.history] == pytest.approx([(a - 3) ** 2 for a in averages])
+    best = min(averages, key=lambda a: (a - 3) ** 2)
+    assert model.w.item() == pytest.approx(best)
+    assert trainer.state_dict()['model']['w'].item() == pytest.approx(best)
