@@ -79,16 +79,27 @@ def roc_auc(scores, is_positive):
     return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+# PCA diagonalises the smaller of the covariance (features x features) and the Gram matrix
+# (images x images): exact, and cheap for a few thousand images of any size or any number of
+# small images. When both sides are larger than this, a randomized fit of the few components asked
+# for (Halko et al., 2011) takes its place, in time and memory linear in the data.
+EXACT_PCA_MAX_SIDE = 4096
+
+
 class PCA:
-    """Principal components of a data set, computed with torch in float64."""
+    """Principal components of a data set, computed with torch in float64 from the data matrix."""
 
     def __init__(self, x, n_components):
         x = x.double()
         self.mean = x.mean(0)
         centered = x - self.mean
-        _, eigenvectors = torch.linalg.eigh(centered.T @ centered / len(x))
-        # eigh sorts ascending: the last columns are the top components.
-        self.components = eigenvectors[:, -n_components:].flip(1).T
+        # |centered| = (n_images, n_features)
+        if min(centered.shape) <= EXACT_PCA_MAX_SIDE:
+            self.components = top_directions(centered, n_components)
+        else:
+            with seeded(EVAL_SEED, x.device):
+                _, _, v = torch.svd_lowrank(centered, q=min(n_components + 20, *centered.shape), niter=6)
+            self.components = v[:, :n_components].T
         # |components| = (n_components, n_features)
 
     def encode(self, x):
@@ -96,6 +107,18 @@ class PCA:
 
     def decode(self, z):
         return (z.double() @ self.components + self.mean).to(z.dtype)
+
+
+def top_directions(centered, k):
+    """The k leading right singular vectors of a centred data matrix, as rows, from the eigenvectors
+    of its smaller Gram matrix. eigh sorts ascending: the last columns are the top ones."""
+    n, d = centered.shape
+    if d <= n:
+        return torch.linalg.eigh(centered.T @ centered)[1][:, -k:].flip(1).T
+    # X X^T = U S^2 U^T, so the directions are X^T U, each scaled to unit length (a direction of
+    # zero variance, past the data's rank, stays zero).
+    directions = centered.T @ torch.linalg.eigh(centered @ centered.T)[1][:, -k:].flip(1)
+    return (directions / directions.norm(dim=0).clamp_min(1e-12)).T
 
 
 @torch.no_grad()
@@ -200,16 +223,6 @@ def anomaly_score(scores):
     return scores['recon'] + scores.get('kl', 0)
 
 
-def likelihood_of(config):
-    """What a VAE's nats are, from its checkpoint's config: (a description, whether they are
-    -log p(x) of a normalised likelihood)."""
-    if config.get('likelihood') == 'cbernoulli':
-        return 'continuous Bernoulli of grayscale pixels, a density: nats of -log p(x)', True
-    if config.get('binarize'):
-        return 'Bernoulli of binary pixels (--binarize): nats of -log p(x)', True
-    return 'Bernoulli of grayscale pixels: a cross-entropy, not a log-likelihood', False
-
-
 @torch.no_grad()
 def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=None, sparse=False, noise=False,
                  batch_size=1024, likelihood=None):
@@ -219,7 +232,7 @@ def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=No
     sparse code's near-zero share, a denoiser's error from noisy inputs). train_set and
     test_set are (uint8 images, labels), labels None for unlabelled data (no kNN accuracy);
     codes are encode_all() of both, (train, test); scores are image_scores() of the test images;
-    likelihood is likelihood_of() the VAE's config."""
+    likelihood is the VAE's likelihood part's describe()."""
     (train_images, train_labels), (test_images, test_labels) = train_set, test_set
     train_codes, test_codes = codes
     k = test_codes.shape[1]

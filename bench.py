@@ -9,10 +9,12 @@ trained; the Trainer's epoch time for the default AutoEncoder and for the 784-40
 the share of that throughput it reaches; the same VAE fed the common way (a DataLoader over a
 Dataset that converts each image with ToTensor); peak resident memory of train.py on all
 60,000 images and on a hundredth of them; inference throughput through encode + decode; and how
-fast a folder of 10,000 PNG images is read, the first time (decoding) and from its cache; and how
-fast predict.py estimates -log p(x) with 5,000 importance samples per image.
+fast a folder of 10,000 PNG images is read, the first time (decoding) and from its cache; the training
+steps of the recipes that docs/results.md rests on (RECIPE_STEPS), each against the matmul throughput
+of its own products; and how fast predict.py estimates -log p(x) with 5,000 importance samples per image.
 """
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -24,12 +26,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from config import make_config
+from config import ONECLASS_RECIPE, RECIPES, make_config
 import analysis
 import data_loader
-from data_loader import DataError, binarize_once, load_dataset, split_train_valid, write_idx, write_image_folder
+from data_loader import (DataError, binarize_once, load_dataset, split_train_valid, to_input, write_idx,
+                         write_image_folder)
 from model import build_model
-from trainer import AMP_DTYPE, Trainer, build_optimizer, forward_precision
+import train
+from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
 from utils import ArgumentParser, CliError, get_device, int_at_least, last_line, print_rows, run_cli, set_seed
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
@@ -39,6 +43,16 @@ VAE = make_config(model='vae', hidden_sizes=[400], btl_size=20, use_dropout=True
 # The VAE of the binarized-data likelihood tables (Tomczak and Welling 2018; Norouzi et al. 2020):
 # 784-300-300-40, gated hidden layers.
 NLL_VAE = make_config(model='vae', gated=True, hidden_sizes=[300, 300], btl_size=40, binarize=True)
+
+
+# The training steps that the results of docs/results.md rest on: the binarized-data likelihood
+# recipes (gated 784-300-300-40 VAE; the VampPrior at batch 100 as published and at the fast recipe's
+# 250; IWAE with 5 samples) and the one-class protocol's convolutional AE, batch 256.
+RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'][0],
+                'binarized_vamp (batch 100)': RECIPES['binarized_vamp'][0],
+                'binarized_vamp_fast (batch 250)': RECIPES['binarized_vamp_fast'][0],
+                'binarized_iwae_fast (k = 5)': RECIPES['binarized_iwae_fast'][0],
+                'oneclass (conv)': ONECLASS_RECIPE + ' --dataset fashion_mnist'}
 
 
 def define_argparser():
@@ -100,7 +114,13 @@ def matmul_throughput(shapes, batch_size, device, dtype, rounds=5, min_seconds=.
     for i, o in shapes:
         x, w, g = (torch.randn(*s, device=device, dtype=dtype) for s in ((batch_size, i), (o, i), (batch_size, o)))
         products += [(x, w.t())] if forward_only else [(x, w.t()), (g, w), (g.t(), x)]
-    flops = (1 if forward_only else 3) * forward_flops(shapes) * batch_size
+    return best_gflops(products, (1 if forward_only else 3) * forward_flops(shapes) * batch_size, device, rounds,
+                       min_seconds)
+
+
+def best_gflops(products, flops, device, rounds, min_seconds):
+    """GFLOP/s of running the matrix products (pairs of tensors), which take flops in all, back to
+    back: the best of several rounds of at least min_seconds each, after a warm-up."""
     for a, b in products:  # warm-up
         torch.mm(a, b)
     best = 0.
@@ -254,6 +274,73 @@ def nll_speed(images, device, n_images=20, n_samples=5000, rounds=5):
             'share_of_matmul': share, 'share_of_matmul_range': [min(t[2] for t in timings), max(t[2] for t in timings)]}
 
 
+def gemm_shapes(model, x):
+    """The matrix products (m, k, n) of one forward pass of model.loss(x): a Linear multiplies
+    (rows, in) by (in, out); a convolution is the product of its unfolded patches (B * H_out * W_out,
+    C_in * 9) by (C_in * 9, C_out), and a transposed one the product (B * H_in * W_in, C_in) by
+    (C_in, C_out * 9) before its overlapping sums. Read by forward hooks, so that a VampPrior's pseudo-inputs
+    and an IWAE's samples count as the rows they add."""
+    shapes = []
+
+    def record(module, inputs, output):
+        if isinstance(module, nn.Linear):
+            shapes.append((inputs[0].numel() // module.in_features, module.in_features, module.out_features))
+        elif isinstance(module, nn.Conv2d):
+            kernel = math.prod(module.kernel_size)
+            shapes.append((output.numel() // module.out_channels, module.in_channels * kernel, module.out_channels))
+        elif isinstance(module, nn.ConvTranspose2d):
+            kernel = math.prod(module.kernel_size)
+            shapes.append((inputs[0].numel() // module.in_channels, module.in_channels, module.out_channels * kernel))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        model.train()
+        with torch.no_grad():
+            model.loss(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+def gemm_throughput(shapes, device, rounds=3, min_seconds=.3):
+    """GFLOP/s of the three products per shape that a training step runs (forward, input gradient,
+    weight gradient), the best of several rounds."""
+    products = []
+    for m, k, n in shapes:
+        x, w, g = (torch.randn(*s, device=device) for s in ((m, k), (k, n), (m, n)))
+        products += [(x, w), (g, w.t()), (x.t(), g)]
+    return best_gflops(products, sum(6 * m * k * n for m, k, n in shapes), device, rounds, min_seconds)
+
+
+def recipe_step_speed(flags, images, device, n_steps=60):
+    """A recipe's training step (its model, batch size, binarization and weight average, as train.py
+    runs it) timed over n_steps after a warm-up, against the fp32 throughput of the same matrix
+    products (gemm_shapes) at the same sizes: milliseconds per step and the share of that throughput."""
+    config, _ = train.parse_args(train.define_argparser(), ['--model_fn', 'bench.pth', *flags.split()])
+    set_seed(1)
+    model = build_model(config).to(device)
+    optimizer, _ = build_optimizer(model, config)
+    batch_size = config['batch_size']
+    trainer_images = images[:batch_size * (n_steps + 10)].to(device)
+    indices = torch.arange(len(trainer_images), device=device)
+    average = WeightAverage(model, config['ema']) if config['ema'] else None
+    epoch = dict(optimizer=optimizer, binarize=config['binarize'], average=average)
+    run_epoch(model, trainer_images, batch_size, indices[:batch_size * 10], **epoch)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    run_epoch(model, trainer_images, batch_size, indices[batch_size * 10:], **epoch)
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / n_steps
+    shapes = gemm_shapes(model, to_input(trainer_images[:batch_size]))
+    flops = sum(6 * m * k * n for m, k, n in shapes)
+    peak = gemm_throughput(shapes, device)
+    return {'flags': flags, 'batch_size': batch_size, 'step_ms': seconds * 1000, 'gemm_shapes': shapes,
+            'matmul_gflops': peak, 'achieved_gflops': flops / seconds / 1e9,
+            'share_of_matmul': flops / seconds / 1e9 / peak}
+
+
 def folder_read_speed(images, n_images=10000):
     """Images per second of the first read of a folder of n_images PNG files (decoding them),
     and the seconds of a second read (from the cache), as train.py reads --dataset folder."""
@@ -319,6 +406,11 @@ def main(argv=None):
     if device.type == 'cpu':
         results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n, speed_flags(args))
                                   for n in (len(images), len(images) // 100)}
+    results['recipe_steps'] = {}
+    for name, flags in RECIPE_STEPS.items():
+        results['recipe_steps'][name] = step = recipe_step_speed(flags, images, device)
+        print(f'{name} step: {step["step_ms"]:.1f} ms, {step["share_of_matmul"]:.0%} of the matmul throughput of its '
+              f'products ({step["matmul_gflops"]:.0f} GFLOP/s)', flush=True)
     results['folder_read'] = folder_read_speed(images)
     results['nll'] = nll_speed(images, device)
 
@@ -357,6 +449,9 @@ def print_table(r):
     rows += [(f'a folder of {folder["n_images"]:,} PNG images, first read (decoding)',
               f'{folder["first_read_images_per_s"]:,.0f} images/s', 'target >= 2,000 images/s'),
              ('the same folder again, from its cache', f'{folder["cached_read_seconds"]:.2f} s', 'target < 1 s')]
+    rows += [(f'{name} training step', f'{step["step_ms"]:.1f} ms',
+              f'{step["share_of_matmul"]:.0%} of the fp32 matmul throughput of its products{cpu_target(">= 60%")}')
+             for name, step in r['recipe_steps'].items()]
     nll = r['nll']
     rows += [(f'-log p(x), {nll["n_samples"]:,} samples per image, VAE 784-300-300-40 gated',
               f'{nll["seconds_per_image"] * 1000:.0f} ms/image',

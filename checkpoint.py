@@ -16,13 +16,13 @@ import warnings
 
 import torch
 
+from config import DEFAULTS, merge_config
 from utils import CliError
 
 CHECKPOINT_KEYS = ('model', 'config', 'history')
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Flags that may be given with --resume: they do not change what is being trained.
-RESUMABLE_FLAGS = {'model_fn', 'resume', 'n_epochs', 'patience', 'gpu_id', 'amp', 'compile', 'data_dir',
-                   'verbose'}
+RESUMABLE_FLAGS = {'n_epochs', 'patience', 'amp', 'compile', 'data_dir'}
 
 
 def check_writable(path):
@@ -97,27 +97,21 @@ def resumable_flags():
     return ', '.join('--' + f for f in sorted(RESUMABLE_FLAGS))
 
 
-def given_flags(argv):
-    """The names of the flags on a command line, as argparse stores them: '--no-amp' is amp.
-    (No flag's value starts with '--'.)"""
-    names = (arg[2:].split('=')[0] for arg in argv if arg.startswith('--'))
-    return {name.removeprefix('no-').replace('-', '_') for name in names}
-
-
-def resume_config(config, argv):
-    """The config and checkpoint to go on with: the flags saved in the checkpoint, with those
-    of RESUMABLE_FLAGS that argv gives. A flag that would change the model, the data or the
-    optimisation is refused; a flag newer than the checkpoint takes its default."""
-    given = given_flags(argv)
+def resume_config(config, given):
+    """The config and checkpoint to go on with: the flags saved in the checkpoint, with train.py's
+    own flags (--model_fn, --gpu_id, ...) and those of RESUMABLE_FLAGS that were given (given: their
+    names). A flag that would change the model, the data or the optimisation is refused; a flag newer
+    than the checkpoint takes its default."""
     refused = sorted(given - RESUMABLE_FLAGS)
     if refused:
         raise CliError(f'--resume continues with the flags saved in the checkpoint; --{refused[0]} would change '
-                       f'the run (allowed with --resume: {resumable_flags()})')
+                       f'the run (allowed with --resume: --gpu_id, --verbose, {resumable_flags()})')
     checkpoint = load_checkpoint(config['model_fn'])
     saved = checkpoint['config']
     if 'last' not in checkpoint:
         raise CliError(f'{config["model_fn"]}: holds no state to resume from')
-    resumed = {**config, **saved, **{k: config[k] for k in given}}
+    run_only = {name: value for name, value in config.items() if name not in DEFAULTS}
+    resumed = {**merge_config({name: config[name] for name in given}, saved), **run_only}
     if resumed['scheduler'] != 'none' and resumed['n_epochs'] != saved['n_epochs']:
         raise CliError(f'--n_epochs: --scheduler {saved["scheduler"]} was planned over {saved["n_epochs"]} '
                        f'epochs and cannot be stretched on --resume')

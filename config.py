@@ -2,8 +2,11 @@
 
 train.py's flags take their defaults from here, bench.py, recipes.py and the tests build their
 configurations from here, and a checkpoint written before a flag existed is completed from
-here (every flag that came later defaults to what those checkpoints were made with).
+here (every flag that came later defaults to what those checkpoints were made with). The
+recipes of docs/results.md and of the one-class protocol are here too, as train.py's flags, for
+recipes.py, oneclass.py and bench.py alike.
 """
+from distributions import part_options
 
 MODEL = dict(
     model='ae',          # 'ae' or 'vae'
@@ -20,9 +23,8 @@ MODEL = dict(
     loss=None,           # AutoEncoder: 'mse' or 'bce'; None is 'mse' (the VAE is always Bernoulli)
     kl_weight=1.,
     kl_anneal=0,
-    likelihood='bernoulli',  # VAE: 'bernoulli' or 'cbernoulli' (continuous Bernoulli)
-    prior='normal',      # VAE: 'normal', N(0, I), or 'vamp', the VampPrior
-    n_pseudo=500,        # VAE with the VampPrior: its pseudo-inputs
+    likelihood='bernoulli',  # VAE: a name of distributions.LIKELIHOODS
+    prior='normal',      # VAE: a name of distributions.PRIORS, N(0, I) by default
     iwae_k=1,            # VAE: train on the importance-weighted bound with this many samples (1: the ELBO)
     noise=None,          # 'gaussian', 'masking' or 'salt_pepper'
     noise_level=.3,
@@ -33,8 +35,9 @@ MODEL = dict(
 )
 
 TRAINING = dict(
-    n_epochs=20,
-    batch_size=256,
+    n_epochs=20,         # when not given: this, or more epochs for min_steps on a small data set
+    batch_size=256,      # when not given: this, or less on a small data set (train.py, fit_length)
+    min_steps=2000,      # optimizer steps that a run of the default length takes at least
     train_ratio=.8,
     optimizer='adam',
     lr=1e-3,
@@ -56,7 +59,47 @@ DATA = dict(
     binarize=False,      # pixels as Bernoulli draws: afresh for every training batch, once for the others
 )
 
-DEFAULTS = {**MODEL, **TRAINING, **DATA}
+# The binarized-data protocol of the likelihood literature (Burda et al. 2016; Tomczak and Welling
+# 2018; Norouzi et al. 2020): a VAE of two gated hidden layers of 300 units and a 40-d code,
+# 50,000 / 10,000 train / valid images, training images re-binarized every batch, the valid and
+# test images binarized once; the model is chosen on the valid negative ELBO only.
+BINARIZED_NET = ('--model vae --binarize --gated --hidden_sizes 300 300 --btl_size 40 --train_ratio 0.83334')
+# The papers' schedule: Adam at lr 5e-4, batch 100, up to 2,000 epochs, stopped after 50 without a better
+# valid negative ELBO, whose best epoch is kept; the KL weight warms up over 100 epochs.
+PAPER_SCHEDULE = '--batch_size 100 --lr 5e-4 --n_epochs 2000 --patience 50'
+# A schedule that fits an hour of 2 CPU cores: the learning rate doubled and annealed to 0 over a
+# fixed number of epochs (cosine), an exponential moving average of the weights validated and saved,
+# and a shorter KL warm-up. The VampPrior encodes its 500 pseudo-inputs at every step, whatever the
+# batch: batches of 250 (learning rate scaled up) spend that pass on 2.5 times more images.
+FAST_SCHEDULE = '--batch_size 100 --lr 1e-3 --n_epochs 400 --scheduler cosine --ema 0.999'
+FAST_VAMP_SCHEDULE = '--batch_size 250 --lr 1.5e-3 --n_epochs 300 --scheduler cosine --ema 0.999'
+VAMP = '--prior vamp --use_dropout --dropout_p 0'
+# name -> (train.py flags beyond the defaults of config.py, what predict.py computes, the samples
+# per image of a VAE's importance-sampled -log p(x))
+RECIPES = {
+    'ae2': ('--btl_size 2 --optimizer adamw --weight_decay 0.01 --bn_eps 1e-3 --n_epochs 170 --scheduler cosine',
+            ['metrics'], None),
+    'ae30': ('--btl_size 30 --hidden_sizes 1000 500 250 --lr 3e-3 --n_epochs 40 --scheduler cosine', ['metrics'],
+             None),
+    'vae20': ('--model vae --btl_size 20 --hidden_sizes 1024 512 --n_epochs 50 --scheduler cosine', ['metrics'], 100),
+    'classic_vae20': ('--model vae --btl_size 20 --hidden_sizes 400 --use_dropout --dropout_p 0 --n_epochs 50',
+                      ['metrics'], 100),
+    'anomaly': ('--btl_size 10 --target_labels 0 1 3 8 --n_epochs 20', ['metrics', 'anomaly'], None),
+    'binarized_vae': (f'{BINARIZED_NET} {PAPER_SCHEDULE} --kl_anneal 100', ['metrics'], 5000),
+    'binarized_vamp': (f'{BINARIZED_NET} {PAPER_SCHEDULE} {VAMP} --kl_anneal 100', ['metrics'], 5000),
+    'binarized_iwae': (f'{BINARIZED_NET} {PAPER_SCHEDULE} --iwae_k 5', ['metrics'], 5000),
+    'binarized_vae_fast': (f'{BINARIZED_NET} {FAST_SCHEDULE} --kl_anneal 20', ['metrics'], 5000),
+    'binarized_vamp_fast': (f'{BINARIZED_NET} {FAST_VAMP_SCHEDULE} {VAMP} --kl_anneal 20', ['metrics'], 5000),
+    'binarized_iwae_fast': (f'{BINARIZED_NET} {FAST_SCHEDULE} --iwae_k 5', ['metrics'], 5000),
+}
+# The one-class protocol's model (oneclass.py): a convolutional AE, 128-d code, and --min_steps 750,
+# 40 epochs of Fashion-MNIST's 4,800 training images of a class.
+ONECLASS_RECIPE = '--arch conv --hidden_sizes 32 64 128 --btl_size 128 --min_steps 750'
+
+# The options of the VAE's parts (--n_pseudo of the VampPrior, ...) are declared by the parts themselves.
+PART_OPTIONS = {name: default for name, (_, _, _, default, _) in part_options().items()}
+
+DEFAULTS = {**MODEL, **PART_OPTIONS, **TRAINING, **DATA}
 
 
 def make_config(**changes):
@@ -66,3 +109,10 @@ def make_config(**changes):
     if unknown:
         raise KeyError(f'not a configuration key: {unknown[0]}')
     return {**DEFAULTS, **changes}
+
+
+def merge_config(flags, saved=None):
+    """The config of a run: the defaults, under the config saved in a checkpoint (when resuming or
+    reading an older checkpoint), under the flags given (a flag that is None was not given)."""
+    given = {name: value for name, value in flags.items() if name in DEFAULTS and value is not None}
+    return {**DEFAULTS, **(saved or {}), **given}

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import re
 import zlib
 
@@ -130,14 +131,21 @@ def _find(file_name, folders):
 
 
 def _download(dataset, data_dir):
-    """Asks torchvision for the files; True when they arrived."""
+    """Asks torchvision for the files; True when they arrived. A failed download leaves nothing
+    behind: the folders it created (torchvision makes DATA_DIR/MNIST/raw before it fails) are removed."""
     import torchvision  # only needed here, and slow to import
-    tv_class = getattr(torchvision.datasets, DATASETS[dataset][0])
+    tv_name, raw_folder, _ = DATASETS[dataset]
+    folders = [data_dir, *(os.path.join(data_dir, *raw_folder.split('/')[:i + 1])
+                           for i in range(len(raw_folder.split('/'))))]
+    new = [folder for folder in folders if not os.path.exists(folder)]
+    tv_class = getattr(torchvision.datasets, tv_name)
     try:
         tv_class(data_dir, train=True, download=True)
         tv_class(data_dir, train=False, download=True)
         return True
     except Exception:  # offline, blocked, or a mirror that is gone: the caller explains
+        if new:
+            shutil.rmtree(new[0], ignore_errors=True)  # the outermost folder it made, with what it put inside
         return False
 
 
@@ -334,17 +342,23 @@ def save_cache(path, images):
               f'next time')
 
 
+# A folder's bad files are named in one error, up to this many, then counted.
+MAX_NAMED_FILES = 5
+
+
 def decode_images(paths, image_size=None, channels=None):
     """Decodes image files into one uint8 tensor (N, C, H, W). Without image_size they must
     share one size, and without channels one kind (gray or colour); alpha is dropped."""
     import torchvision.io  # slow to import, and only needed here
     images = first = None
+    undecodable = []
     for i, path in enumerate(tqdm(paths, desc=f'decoding {len(paths)} images', unit='image', disable=None,
                                   leave=False)):
         try:
             image = torchvision.io.decode_image(torchvision.io.read_file(path), torchvision.io.ImageReadMode.UNCHANGED)
         except RuntimeError as e:
-            raise DataError(f'{path}: cannot decode it as an image ({decoder_message(e)}); replace or remove the file')
+            undecodable.append(f'{path}: cannot decode it as an image ({decoder_message(e)})')
+            continue  # the others are still read, so that one error names every bad file
         # |image| = (C, H, W): C is 1 gray, 2 gray + alpha, 3 colour, 4 colour + alpha
         image = image[:1] if len(image) <= 2 else image[:3]
         if first is None:
@@ -360,6 +374,10 @@ def decode_images(paths, image_size=None, channels=None):
         if images is None:
             images = torch.empty((len(paths), *image.shape), dtype=torch.uint8)
         images[i] = image
+    if undecodable:
+        named = '; '.join(undecodable[:MAX_NAMED_FILES])
+        more = f'; and {len(undecodable) - MAX_NAMED_FILES} more' if len(undecodable) > MAX_NAMED_FILES else ''
+        raise DataError(f'{named}{more}; replace or remove {"it" if len(undecodable) == 1 else "them"}')
     return images
 
 

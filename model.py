@@ -12,30 +12,16 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import ContinuousBernoulli, Normal
 
-from config import DEFAULTS
+from config import DEFAULTS, merge_config
+from distributions import LOGVAR_MAX, build_part, diagonal_normal_log_prob, reparameterize
 from utils import CliError, first_line
 
 CONV_CHANNELS = [32, 64]  # --arch conv without --hidden_sizes: 28 -> 14 -> 7
 LSTM_HIDDEN_SIZE = 128
-# The VAE's posterior log-variance is capped here: a posterior wider than the N(0, I) prior
-# never helps the ELBO, but an unbounded head can extrapolate on an unusual image to a KL
-# that swamps the test mean (docs/results.md, "The default commands").
-LOGVAR_MAX = 2.
 BN_EPS = DEFAULTS['bn_eps']
 ACTIVATIONS = {'relu': nn.ReLU, 'leaky_relu': nn.LeakyReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh,
                'sigmoid': nn.Sigmoid, 'none': nn.Identity}
-
-
-# A product of at most this many numbers in [0.5, 1] stays above 2^-126, fp32's smallest normal number.
-MAX_PRODUCT_TERMS = 126
-
-
-def product_chunk(n):
-    """The largest divisor of n that is at most MAX_PRODUCT_TERMS: the pixels whose sigmoids
-    VAE.log_likelihood multiplies before it takes a log."""
-    return max(d for d in range(1, min(n, MAX_PRODUCT_TERMS) + 1) if n % d == 0)
 
 
 class GatedLinear(nn.Module):
@@ -53,19 +39,21 @@ class GatedLinear(nn.Module):
         return h * torch.sigmoid(gate)
 
 
-def fuse_gated_halves(state_dict):
-    """A state dict whose GatedLinear layers were saved as two Linears, 'h' and 'gate' (an older
-    layout of the same layer), with each pair joined into the one Linear of today's layout; any
-    other state dict is returned as it is."""
-    fused = {}
+def upgrade_state_dict(state_dict):
+    """A state dict of an older layout in today's: a GatedLinear saved as two Linears, 'h' and
+    'gate', becomes its one Linear of twice the width, and a VampPrior's pseudo-inputs, once
+    the VAE's own 'pseudo_inputs', move to its prior part. Today's state dicts are returned as they are."""
+    upgraded = {}
     for name, value in state_dict.items():
         prefix, dot, leaf = name.rpartition('.h.')
         partner = f'{prefix}.gate.{leaf}'
         if dot and partner in state_dict:
-            fused[f'{prefix}.linear.{leaf}'] = torch.cat([value, state_dict[partner]])
+            upgraded[f'{prefix}.linear.{leaf}'] = torch.cat([value, state_dict[partner]])
+        elif name == 'pseudo_inputs':
+            upgraded['prior.pseudo_inputs'] = value
         elif not (name.rpartition('.gate.')[1] and name.replace('.gate.', '.h.') in state_dict):
-            fused[name] = value
-    return fused
+            upgraded[name] = value
+    return upgraded
 
 
 class Block(nn.Module):
@@ -297,28 +285,22 @@ class AutoEncoder(Codec):
 
 
 class VAE(Codec):
-    """A variational autoencoder with a diagonal Gaussian posterior q(z|x) (its log-variance
-    capped at LOGVAR_MAX), a N(0, I) prior and a decoder of independent pixels:
-
-    - likelihood='bernoulli': a Bernoulli per pixel, a probability for binary pixels (train.py
-      --binarize); of grayscale pixels it is a cross-entropy, not a log-likelihood;
-    - likelihood='cbernoulli': the continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019), a
-      density on [0, 1] for grayscale pixels; decode() gives its mean.
+    """A variational autoencoder with a diagonal Gaussian posterior q(z|x) (its log-variance capped
+    at LOGVAR_MAX), a prior p(z) and a likelihood p(x|z) of independent pixels, each a part of
+    distributions.py (PRIORS, LIKELIHOODS).
 
     The loss is the negative ELBO in nats per image, with z drawn from q(z|x) in training and in
     evaluation alike (one draw per image), its KL term weighed by kl_weight (beta), which rises
-    linearly from 0 over the first kl_anneal epochs of training; evaluation always weighs it
-    fully, so that epochs compare. encode() gives z = mu in eval."""
+    linearly over the first kl_anneal epochs of training; evaluation always weighs it fully, so that
+    epochs compare. With iwae_k > 1 training minimises the importance-weighted bound instead.
+    encode() gives z = mu in eval."""
     has_prior = True
 
-    def __init__(self, encoder, decoder, btl_size, kl_weight=1., kl_anneal=0, likelihood='bernoulli', iwae_k=1,
-                 n_pseudo=0, input_size=None, **codec):
+    def __init__(self, encoder, decoder, btl_size, prior, likelihood, kl_weight=1., kl_anneal=0, iwae_k=1, **codec):
         super().__init__(encoder, decoder, btl_size, **codec)
-        self.kl_weight, self.kl_anneal, self.likelihood, self.iwae_k = kl_weight, kl_anneal, likelihood, iwae_k
+        self.prior, self.likelihood = prior, likelihood
+        self.kl_weight, self.kl_anneal, self.iwae_k = kl_weight, kl_anneal, iwae_k
         self.kl_ramp = 1.
-        # VampPrior (Tomczak and Welling, 2018): p(z) is the mean of q(z|u_k) over n_pseudo learned
-        # pseudo-inputs u_k, images of their own, kept in [0, 1] by a hardtanh; none: p(z) = N(0, I).
-        self.pseudo_inputs = nn.Parameter(torch.rand(n_pseudo, input_size)) if n_pseudo else None
 
     def set_epoch(self, epoch):
         # epoch / kl_anneal, never 0: with no KL term at all, nothing holds the posteriors' variances
@@ -332,73 +314,42 @@ class VAE(Codec):
         # |mu| = |logvar| = (batch_size, btl_size)
         return mu, logvar.clamp(max=LOGVAR_MAX)
 
-    def sample_z(self, mu, logvar):
-        """The reparameterization trick in training, so gradients flow through mu and
-        logvar; the mean of q(z|x) in eval, so that codes and reconstructions are stable."""
-        if not self.training:
-            return mu
-        return mu + torch.randn_like(mu) * torch.exp(.5 * logvar)
-
     def encode(self, x):
-        return self.sample_z(*self.posterior(x))
+        """A draw from q(z|x) in training, so gradients flow through mu and logvar; the mean of
+        q(z|x) in eval, so that codes and reconstructions are stable."""
+        mu, logvar = self.posterior(x)
+        return reparameterize(mu, logvar) if self.training else mu
 
     def posteriors(self, x):
-        """q(z|x) of the batch, and with the VampPrior q(z|u_k) of its pseudo-inputs (else None), in
-        one encoder pass: one product of batch + n_pseudo rows per layer instead of two."""
-        if self.pseudo_inputs is None:
+        """q(z|x) of the batch, and the posteriors of the prior's own inputs (else None), in one
+        encoder pass: one product of batch + n_pseudo rows per layer instead of two."""
+        inputs = self.prior.inputs()
+        if inputs is None:
             return self.posterior(x), None
-        mu, logvar = self.posterior(torch.cat([x, F.hardtanh(self.pseudo_inputs, 0., 1.).to(x.dtype)]))
+        mu, logvar = self.posterior(torch.cat([x, inputs.to(x.dtype)]))
         return (mu[:len(x)], logvar[:len(x)]), (mu[len(x):], logvar[len(x):])
 
-    def log_prior(self, z, components=None):
-        """log p(z) of each code, |z| = (rows, btl_size); with the VampPrior, components are the
-        posteriors of its pseudo-inputs (from posteriors(), else computed here)."""
-        if self.pseudo_inputs is None:
-            return Normal(0., 1.).log_prob(z).sum(-1)
-        mu, logvar = components or self.posterior(F.hardtanh(self.pseudo_inputs, 0., 1.))
-        # |mu| = |logvar| = (n_pseudo, btl_size). log N(z; mu_k, var_k) for every pair (row, k) as
-        # matrix products, so that memory grows with rows x n_pseudo, not x btl_size too; in fp32
-        # also under autocast (train.py --amp), where bf16 would round these nats to a quarter.
-        with torch.autocast(z.device.type, enabled=False):
-            z, mu, logvar = z.float(), mu.float(), logvar.float()
-            precision = torch.exp(-logvar)
-            log_q = -.5 * (z.pow(2) @ precision.T - 2 * z @ (mu * precision).T
-                           + (mu.pow(2) * precision + logvar + math.log(2 * math.pi)).sum(1))
-            # |log_q| = (rows, n_pseudo)
-            return torch.logsumexp(log_q, 1) - math.log(len(mu))
+    def prior_components(self):
+        """The posteriors of the prior's own inputs, or None."""
+        inputs = self.prior.inputs()
+        return None if inputs is None else self.posterior(inputs)
 
+    def log_prior(self, z, components=None):
+        """log p(z) of each code, |z| = (rows, btl_size); components from posteriors(), else computed here."""
+        return self.prior.log_prob(z, components or self.prior_components())
+
+    @torch.no_grad()
     def sample_prior(self, n, device):
         """n codes drawn from the prior."""
-        if self.pseudo_inputs is None:
-            return torch.randn(n, self.btl_size, device=device)
-        with torch.no_grad():
-            mu, logvar = self.posterior(F.hardtanh(self.pseudo_inputs, 0., 1.))
-        k = torch.randint(len(mu), (n,), device=mu.device)
-        return (mu[k] + torch.randn_like(mu[k]) * torch.exp(.5 * logvar[k])).to(device)
+        return self.prior.sample(n, device, self.prior_components())
 
     def decode(self, z):
-        logits = self.decoder(z).float()
-        return ContinuousBernoulli(logits=logits).mean if self.likelihood == 'cbernoulli' else torch.sigmoid(logits)
+        return self.likelihood.mean(self.decoder(z).float())
 
     def log_likelihood(self, logits, x):
-        """log p(x | z) of each image, summed over its pixels, from the decoder's logits; x
-        broadcasts against them (one image for many samples of z)."""
-        logits = logits.float()  # fp32 also under autocast (train.py --amp)
-        if self.likelihood == 'cbernoulli':
-            # torch's log-normaliser is a Taylor series near logits 0, where the closed form is 0 / 0.
-            return ContinuousBernoulli(logits=logits).log_prob(x).sum(-1)
-        # x l - softplus(l), the log-probability of x in {0, 1} (of grayscale x, minus the cross-entropy),
-        # with softplus(l) = max(l, 0) - log sigmoid(|l|). The logs of the sigmoids, each in [0.5, 1],
-        # are taken as the log of their product over a few pixels at a time: one log per chunk of
-        # pixels instead of one per pixel, and no exp, makes a 5,000-sample -log p(x) several times
-        # faster. Rounding a sigmoid near 1 costs below 1e-7 nats per pixel.
-        # max(l, 0) = (l + |l|) / 2, summed without a tensor of its own.
-        n_pixels = logits.shape[-1]
-        chunk = product_chunk(n_pixels)
-        magnitudes = logits.abs()
-        relu_sums = (logits.sum(-1) + magnitudes.sum(-1)) / 2
-        log_sigmoids = torch.sigmoid_(magnitudes).unflatten(-1, (n_pixels // chunk, chunk)).prod(-1).log().sum(-1)
-        return torch.einsum('...p,...p->...', logits, x) - relu_sums + log_sigmoids
+        """log p(x | z) of each image, summed over its pixels, from the decoder's output; x
+        broadcasts against it (one image for many samples of z)."""
+        return self.likelihood.log_prob(logits.float(), x)  # fp32 also under autocast (train.py --amp)
 
     def image_losses(self, x):
         if self.training and self.iwae_k > 1:
@@ -408,15 +359,12 @@ class VAE(Codec):
             return math.log(self.iwae_k) - torch.logsumexp(log_w, 0), {}
         (mu, logvar), components = self.posteriors(self.training_input(x))
         # z is drawn in evaluation too: the loss is then the ELBO, not a reconstruction at mu.
-        z = mu + torch.randn_like(mu) * torch.exp(.5 * logvar)
+        z = reparameterize(mu, logvar)
         # Both terms are summed over their dimensions (784 pixels, btl_size latents) before
         # the batch mean; a per-pixel mean beside a summed KL would weigh the KL 784 times
         # too much and collapse the posterior.
         recon = -self.log_likelihood(self.decoder(z), x)
-        if self.pseudo_inputs is None:
-            kl = gaussian_kl(mu, logvar).sum(1)
-        else:  # no closed form: log q(z|x) - log p(z) at the drawn z, an unbiased estimate of the KL
-            kl = Normal(mu, torch.exp(.5 * logvar)).log_prob(z).sum(1) - self.log_prior(z, components)
+        kl = self.prior.kl(mu, logvar, z, components)
         beta = self.kl_weight * (self.kl_ramp if self.training else 1.)
         return recon + beta * kl, {'recon': recon, 'kl': kl}
 
@@ -426,19 +374,12 @@ class VAE(Codec):
         importance-weighted bound on log p(x) (Burda et al., 2016). In training the encoder sees
         the corrupted input of a denoising model, as in image_losses."""
         (mu, logvar), components = self.posteriors(self.training_input(x))
-        std = torch.exp(.5 * logvar)
-        z = mu + std * torch.randn(n_samples, *mu.shape, device=mu.device)
+        z = reparameterize(mu, logvar, n_samples)
         # |z| = (n_samples, batch_size, btl_size)
         logits = self.decoder(z.flatten(0, 1)).view(n_samples, len(x), -1)
         log_px_z = self.log_likelihood(logits, x)  # x broadcast over the samples, never copied
-        log_pz = self.log_prior(z.flatten(0, 1), components).view(n_samples, len(x))
-        log_qz_x = Normal(mu, std).log_prob(z).sum(-1)
-        return log_px_z + log_pz - log_qz_x
-
-
-def gaussian_kl(mu, logvar):
-    """KL(N(mu, exp(logvar)) || N(0, 1)) for each element, in closed form."""
-    return .5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+        log_pz = self.prior.log_prob(z.flatten(0, 1), components).view(n_samples, len(x))
+        return log_px_z + log_pz - diagonal_normal_log_prob(z, mu, logvar)
 
 
 def hidden_size_schedule(input_size, btl_size, n_layers):
@@ -455,7 +396,7 @@ def hidden_size_schedule(input_size, btl_size, n_layers):
 def build_model(config):
     """Builds the model that a config (the flags of train.py, as a dict) describes; a key it
     lacks (a checkpoint older than the flag) takes its default from config.DEFAULTS."""
-    config = {**DEFAULTS, **config}
+    config = merge_config({}, config)
     image_shape, input_size = config['image_shape'], math.prod(config['image_shape'])
     btl_size, variational = config['btl_size'], config['model'] == 'vae'
     encoder_out_size = 2 * btl_size if variational else btl_size
@@ -474,9 +415,9 @@ def build_model(config):
                                          tied=config['tied'], gated=config['gated'], **block)
     codec = dict(noise=config['noise'], noise_level=config['noise_level'])
     if variational:
-        return VAE(encoder, decoder, btl_size, kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'],
-                   likelihood=config['likelihood'], iwae_k=config['iwae_k'],
-                   n_pseudo=config['n_pseudo'] if config['prior'] == 'vamp' else 0, input_size=input_size, **codec)
+        return VAE(encoder, decoder, btl_size, prior=build_part('prior', config, btl_size, input_size),
+                   likelihood=build_part('likelihood', config, input_size, binary=config['binarize']),
+                   kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'], iwae_k=config['iwae_k'], **codec)
     return AutoEncoder(encoder, decoder, btl_size, loss=config['loss'], l1=config['l1'],
                        sparsity=config['sparsity'], sparsity_weight=config['sparsity_weight'], **codec)
 
@@ -486,7 +427,7 @@ def model_from_checkpoint(checkpoint, path):
     is first built on the meta device (no memory) and compared with the weights, so a config
     that does not describe them is refused before anything is allocated."""
     try:
-        checkpoint['model'] = fuse_gated_halves(checkpoint['model'])
+        checkpoint['model'] = upgrade_state_dict(checkpoint['model'])
         with torch.device('meta'):
             expected = {k: tuple(v.shape) for k, v in build_model(checkpoint['config']).state_dict().items()}
         found = {k: tuple(getattr(v, 'shape', ())) for k, v in checkpoint['model'].items()}

@@ -5,10 +5,11 @@ measured on the same splits and the published numbers.
     python oneclass.py --dataset fashion_mnist              # all ten classes, the recipe below
     python oneclass.py --dataset mnist --classes 0 1 --model vae --n_epochs 5
 
-Every flag that oneclass.py does not know goes to train.py, after the recipe's, so it
-overrides them. Each class's checkpoint is kept in --out_dir: the same command again reuses the
+Every flag that oneclass.py does not know goes to train.py and replaces the recipe's (--n_epochs
+replaces its --min_steps too). Each class's checkpoint is kept in --out_dir: the same command again reuses the
 finished ones and resumes an interrupted one.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -20,15 +21,16 @@ from tqdm import tqdm
 import analysis
 import figures
 from checkpoint import load_checkpoint
-from config import DEFAULTS
+from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid, to_input
 from model import model_from_checkpoint
 from trainer import progress_bar
-from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, last_line, run_cli, set_seed
+from utils import (ArgumentParser, CliError, default_gpu_id, flag_values, get_device, int_at_least, last_line, run_cli,
+                   set_seed)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
 # anomaly detection".
-RECIPE = '--arch conv --hidden_sizes 32 64 128 --btl_size 128 --n_epochs 40'
+RECIPE = ONECLASS_RECIPE
 # name -> (what it measures, whether only a VAE can give it); higher is more anomalous.
 SCORES = {
     'recon': ('reconstruction error, in the image-space loss the model was trained with', False),
@@ -67,7 +69,7 @@ OWN_TRAIN_FLAGS = ('--model_fn', '--target_labels', '--resume', '--overwrite', '
 
 
 def define_argparser():
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False,
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                        epilog='Any other flag is passed to train.py (e.g. --btl_size 32 --n_epochs 40 --arch conv).')
     p.add_argument('--dataset', choices=list(DATASETS), default='fashion_mnist', help='(default: %(default)s)')
     p.add_argument('--data_dir', default='./data',
@@ -110,13 +112,28 @@ def check_classes(classes, labels, names, train_ratio=DEFAULTS['train_ratio']):
             raise CliError(f'--classes {names[c]}: only {n} training image(s), too few to train on and validate')
 
 
+# A flag passed through to train.py replaces the recipe's, and these recipe flags with it.
+REPLACES = {'--n_epochs': ['--min_steps']}
+
+
+def recipe_flags(train_flags):
+    """The recipe's flags with those passed through to train.py, each flag once: a flag passed
+    through replaces the recipe's (and those of REPLACES with it)."""
+    flags = flag_values(RECIPE.split())
+    for flag, values in flag_values(train_flags).items():
+        for replaced in REPLACES.get(flag, []) + [flag]:
+            flags.pop(replaced, None)
+        flags[flag] = values
+    return [arg for flag, values in flags.items() for arg in (flag, *values)]
+
+
 def model_flags(args, name, train_flags):
     """train.py's flags that define the model of the class of this name: the ones a reused
     checkpoint must share."""
     shape = [*(['--image_size', *map(str, args.image_size)] if args.image_size else []),
              *(['--channels', str(args.channels)] if args.channels else [])]
-    return ['--target_labels', name, '--dataset', args.dataset, '--model', args.model, *shape, *RECIPE.split(),
-            *train_flags]
+    return ['--target_labels', name, '--dataset', args.dataset, '--model', args.model, *shape,
+            *recipe_flags(train_flags)]
 
 
 def saved_flags(flags_fn):
@@ -194,7 +211,7 @@ def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device
 def results_table(per_class, class_names):
     names = list(next(iter(per_class.values())))
     widths = {name: max(12, len(name) + 2) for name in names}
-    lines = [f'{"class":<24}' + ''.join(f'{name:>{widths[name]}}' for name in names)]
+    lines = [f'{"ROC AUC, %":<24}' + ''.join(f'{name:>{widths[name]}}' for name in names)]
     for c, aurocs in per_class.items():
         lines.append(f'{f"{c} {class_names[c]}":<24}' + ''.join(f'{100 * aurocs[n]:>{widths[n]}.1f}' for n in names))
     means = mean_aurocs(per_class)
@@ -233,12 +250,15 @@ def main(argv=None):
         model_fn = train_class(args, c, names[c], train_flags)
         bar.set_postfix_str(f'scoring {names[c]}')
         per_class[c] = class_aurocs(model_fn, c, images[labels == c], test, scores, args.iw_samples, device)
+        if bar.disable:  # no bar off a terminal: a line per class instead, for a log
+            print(f'class {c} {names[c]}: ROC AUC, % ' +
+                  ', '.join(f'{name} {100 * auroc:.1f}' for name, auroc in per_class[c].items()), flush=True)
     bar.close()
 
     print(results_table(per_class, names))
     means = mean_aurocs(per_class)
     published = PUBLISHED.get(args.dataset, []) if len(classes) == len(labels.unique()) else []
-    summary = {'dataset': args.dataset, 'train_flags': [*RECIPE.split(), *train_flags], 'model': args.model,
+    summary = {'dataset': args.dataset, 'train_flags': recipe_flags(train_flags), 'model': args.model,
                'scores': {name: SCORES[name][0] for name in scores}, 'baselines': BASELINES,
                'per_class': {str(c): aurocs for c, aurocs in per_class.items()}, 'mean': means,
                'published_mean_percent': dict(published)}

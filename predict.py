@@ -4,6 +4,7 @@
 """
 import json
 import os
+import sys
 from functools import cached_property
 
 import torch
@@ -12,7 +13,7 @@ from torch.distributions import Normal
 import analysis
 import figures
 from checkpoint import check_writable, load_checkpoint
-from config import DEFAULTS
+from config import merge_config
 from data_loader import (DATASETS, binarize_once, class_names, load_dataset, select_labels, split_train_valid,
                          to_input)
 from model import model_from_checkpoint
@@ -195,7 +196,7 @@ class Report:
     def samples(self):
         if self.model.has_prior:
             z = self.model.sample_prior(64, self.test_codes.device)
-            title = 'decoded from z ~ p(z), ' + ('the VampPrior' if self.config['prior'] == 'vamp' else 'N(0, I)')
+            title = f'decoded from z ~ p(z), {self.model.prior.label}'
         else:
             # An AutoEncoder has no prior; a Gaussian fitted to its codes lands in gaps and
             # off the code manifold, which is why an AE is a poor generator.
@@ -263,16 +264,34 @@ class Report:
             self.model, train_set, test_set, (self.train_codes, self.test_codes), scores,
             KNN_K, self.args.iw_samples,
             sparse=bool(self.config.get('l1') or self.config.get('sparsity')), noise=bool(self.config.get('noise')),
-            batch_size=self.args.batch_size, likelihood=analysis.likelihood_of(self.config))}
+            batch_size=self.args.batch_size,
+            likelihood=self.model.likelihood.describe() if self.model.has_prior else None)}
         print('\n' + analysis.metrics_table(m, KNN_K))
+        for warning in below_baseline(m):
+            print(f'predict.py: {warning}', file=sys.stderr)
         return [], m
 
     def curves(self):
         title = f'{os.path.basename(self.args.model_fn)}: losses per epoch'
         if self.model.has_prior:  # what the VAE's nats are
-            title += f'; {analysis.likelihood_of(self.config)[0]}'
+            title += f'; {self.model.likelihood.describe()[0]}'
         fig = figures.loss_curves(self.history, title)
         return [self.save(fig, 'curves.png')], {}
+
+
+def below_baseline(m):
+    """One line for each number of the metrics m in which the model does worse than PCA with as many
+    components, with what to try."""
+    advice = ('the model may be under-trained: train longer (--n_epochs, or leave --n_epochs and --batch_size out '
+              'so that train.py fits them to the data), or try --arch conv or a wider --btl_size')
+    lines = []
+    if m['sse_per_image'] > m['pca_sse_per_image']:
+        lines.append(f'warning: the model reconstructs worse than PCA-{m["pca_components"]} (squared error '
+                     f'{m["sse_per_image"]:.4f} against {m["pca_sse_per_image"]:.4f} per image); {advice}')
+    if m.get('knn_accuracy', 1.) < m.get('pca_knn_accuracy', 0.):
+        lines.append(f'warning: the {KNN_K}-NN accuracy of the codes is below that of PCA-{m["pca_components"]}\'s '
+                     f'({m["knn_accuracy"]:.4f} against {m["pca_knn_accuracy"]:.4f}); {advice}')
+    return lines
 
 
 def applicable(model_btl_size, labelled):
@@ -296,7 +315,7 @@ def main(argv=None):
     device = get_device(args.gpu_id)
     checkpoint = load_checkpoint(args.model_fn)
     # A checkpoint older than a flag is completed with its default, as build_model() does.
-    config = checkpoint['config'] = {**DEFAULTS, **checkpoint['config']}
+    config = checkpoint['config'] = merge_config({}, checkpoint['config'])
     model = model_from_checkpoint(checkpoint, args.model_fn).to(device).eval()
     btl_size = config['btl_size']
     labelled = class_names(args.dataset or config['dataset'], args.data_dir or config['data_dir']) is not None

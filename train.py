@@ -12,13 +12,24 @@ import torch
 
 from checkpoint import (check_fresh, check_writable, resumable_flags, resume_config, save_checkpoint, saved_so_far,
                         stop_on_signals)
-from config import DEFAULTS
+from config import DEFAULTS, merge_config
 from data_loader import (BINARIZE_SEED, DATASETS, binarize_once, class_indices, class_names, load_dataset,
                          select_labels, split_train_valid)
+from distributions import LIKELIHOODS, PRIORS, REGISTRIES, part_options
 from model import ACTIVATIONS, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer, build_optimizer
-from utils import (ArgumentParser, CliError, default_gpu_id, first_line, float_in, get_device, int_at_least, run_cli,
-                   set_seed)
+from utils import (ArgumentParser, CliError, default_gpu_id, default_to_none, first_line, float_in, get_device,
+                   int_at_least, run_cli, set_seed)
+
+
+def add_part_flags(g):
+    """--prior and --likelihood, whose choices and help come from the registries of
+    distributions.py, and the flags of each part's own options."""
+    for kind, registry in REGISTRIES.items():
+        choices = '; '.join(f'{name}: {part.help}' for name, part in registry.items())
+        g.add_argument(f'--{kind}', choices=list(registry), help=f'VAE {kind}: {choices} (default: %(default)s)')
+    for option, (kind, name, type_, _, help_) in part_options().items():
+        g.add_argument(f'--{option}', type=type_, help=f'--{kind} {name}: {help_} (default: %(default)s)')
 
 
 def define_argparser():
@@ -28,8 +39,8 @@ def define_argparser():
                    help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
     g = p.add_mutually_exclusive_group()
     g.add_argument('--resume', action='store_true',
-                   help=f'continue the run saved in --model_fn with its saved flags; only these may be given '
-                        f'with it: {resumable_flags()}')
+                   help=f'continue the run saved in --model_fn with its saved flags; besides --gpu_id and '
+                        f'--verbose, only these may be given with it: {resumable_flags()}')
     g.add_argument('--overwrite', action='store_true',
                    help='start a new run even though --model_fn exists, replacing it (without --resume or '
                         '--overwrite an existing file is never touched)')
@@ -56,20 +67,13 @@ def define_argparser():
     g.add_argument('--loss', choices=['mse', 'bce'],
                    help='AutoEncoder reconstruction loss, summed over pixels (default: mse); '
                         'the VAE\'s is its --likelihood')
-    g.add_argument('--prior', choices=['normal', 'vamp'],
-                   help='VAE prior: normal, N(0, I), or vamp, the VampPrior (Tomczak and Welling 2018), a mixture of '
-                        'the posteriors of --n_pseudo learned pseudo-inputs (default: %(default)s)')
-    g.add_argument('--n_pseudo', type=int_at_least(1), help='VampPrior: pseudo-inputs (default: %(default)s)')
+    add_part_flags(g)
     g.add_argument('--iwae_k', type=int_at_least(1),
                    help='VAE: train on the importance-weighted bound with K samples per image (Burda et al. 2016) '
                         'instead of the ELBO; validation still measures the ELBO (default: %(default)s)')
     g.add_argument('--gated', action=argparse.BooleanOptionalAction,
                    help='--arch mlp: hidden layers of gated units, h = (W1 x) * sigmoid(W2 x), in place of Linear + '
                         'activation (default: off)')
-    g.add_argument('--likelihood', choices=['bernoulli', 'cbernoulli'],
-                   help='VAE decoder: bernoulli, a probability of binary pixels (--binarize; of grayscale pixels a '
-                        'cross-entropy), or cbernoulli, the continuous Bernoulli, a density of grayscale pixels '
-                        '(default: %(default)s)')
     g.add_argument('--kl_weight', type=float_in(0, float('inf'), low_open=False),
                    help='VAE weight of the KL term, beta in a beta-VAE (default: %(default)s)')
     g.add_argument('--kl_anneal', type=int_at_least(0),
@@ -100,8 +104,15 @@ def define_argparser():
                    help='BETA, the weight of the --sparsity penalty (default: %(default)s)')
 
     g = p.add_argument_group('training')
-    g.add_argument('--n_epochs', type=int_at_least(1), help='(default: %(default)s)')
-    g.add_argument('--batch_size', type=int_at_least(1), help='(default: %(default)s)')
+    g.add_argument('--n_epochs', type=int_at_least(1),
+                   help='epochs to train (default: %(default)s, or on a small data set as many as --min_steps '
+                        'optimizer steps take)')
+    g.add_argument('--batch_size', type=int_at_least(1),
+                   help=f'images per optimizer step (default: %(default)s, or a {MIN_BATCHES_PER_EPOCH}th of the '
+                        f'training images when that is less)')
+    g.add_argument('--min_steps', type=int_at_least(1),
+                   help='without --n_epochs, train for at least this many optimizer steps: a few hundred images '
+                        'make short epochs, and 20 of them teach a model little (default: %(default)s)')
     g.add_argument('--train_ratio', type=float_in(0, 1),
                    help='share of the training set used for training, the rest validates (default: %(default)s)')
     g.add_argument('--optimizer', choices=['adam', 'adamw'], help='(default: %(default)s)')
@@ -150,52 +161,127 @@ def define_argparser():
                    help='convert every image to gray (1) or colour (3) (default: keep them as they are, which '
                         'must then be the same kind for all images)')
 
-    p.set_defaults(**DEFAULTS)
-    return p
+    return default_to_none(p, DEFAULTS)
 
 
 def parse_args(p, argv):
-    config = p.parse_args(argv)
-    refusal = incompatible_flags(config)
+    """The flags of argv as (config, given): the run's config (merge_config: the defaults under the
+    flags given, with train.py's own flags such as --model_fn) and the names of the config's flags
+    that argv gives. A flag that the config cannot use, or a combination that makes no sense, is
+    refused in one line."""
+    flags = vars(p.parse_args(argv))
+    given = {name for name, value in flags.items() if name in DEFAULTS and value is not None}
+    config = {**flags, **merge_config(flags)}
+    refusal = incompatible_flags(config, given)
     if refusal:
         p.error(refusal)
-    if config.model == 'ae' and config.loss is None:
-        config.loss = 'mse'
-    return config
+    if config['model'] == 'ae' and config['loss'] is None:
+        config['loss'] = 'mse'
+    return config, given
 
 
-def incompatible_flags(c):
-    """The reason a combination of flags makes no sense, or None."""
-    if c.model == 'vae':
-        for flag, given in (('--loss', c.loss is not None), ('--l1', c.l1 > 0), ('--sparsity', c.sparsity is not None)):
-            if given:
-                return f'{flag} applies to --model ae only (the VAE has --likelihood and its own KL term on the code)'
-    if c.model == 'ae' and c.kl_anneal:
-        return '--kl_anneal applies to --model vae only'
-    if c.model == 'ae' and c.likelihood != DEFAULTS['likelihood']:
-        return '--likelihood applies to --model vae only (the AutoEncoder has --loss)'
-    if c.prior == 'vamp' and (c.model != 'vae' or not (c.use_dropout or c.arch == 'lstm')):
-        return ('--prior vamp needs --model vae and --use_dropout: BatchNorm would take the pseudo-inputs into its '
-                'batch statistics')
-    if c.model == 'ae' and c.iwae_k > 1:
-        return '--iwae_k applies to --model vae only'
-    if c.iwae_k > 1 and (c.kl_weight != 1 or c.kl_anneal):
+def is_vae(c):
+    return c['model'] == 'vae'
+
+
+# Flags that only some configs use: name -> a rule giving, for a config, why that flag does nothing
+# there (None where it is used). A flag given where its rule says no is refused, never ignored.
+AE_ONLY = 'applies to --model ae only (the VAE has --likelihood and its own KL term on the code)'
+VAE_ONLY = 'applies to --model vae only'
+USED_ONLY_IF = {
+    'loss': lambda c: None if not is_vae(c) else AE_ONLY,
+    'l1': lambda c: None if not is_vae(c) else AE_ONLY,
+    'sparsity': lambda c: None if not is_vae(c) else AE_ONLY,
+    'sparsity_weight': lambda c: None if c['sparsity'] is not None else 'weighs the --sparsity penalty, which is off',
+    'kl_weight': lambda c: None if is_vae(c) else VAE_ONLY,
+    'kl_anneal': lambda c: None if is_vae(c) else VAE_ONLY,
+    'likelihood': lambda c: None if is_vae(c) else VAE_ONLY + ' (the AutoEncoder has --loss)',
+    'prior': lambda c: None if is_vae(c) else VAE_ONLY,
+    'iwae_k': lambda c: None if is_vae(c) else VAE_ONLY,
+    'use_dropout': lambda c: 'does not apply to --arch lstm (it has no Blocks)' if c['arch'] == 'lstm' else None,
+    'dropout_p': lambda c: None if c['use_dropout'] else 'applies to --use_dropout only (BatchNorm has no dropout)',
+    'bn_eps': lambda c: (f'applies to BatchNorm, which {"--use_dropout" if c["use_dropout"] else "--arch lstm"} '
+                         f'has not' if c['use_dropout'] or c['arch'] == 'lstm' else None),
+    'n_layers': lambda c: (f'sets the depth of --arch mlp; --arch {c["arch"]} takes its layers from --hidden_sizes'
+                           if c['arch'] != 'mlp' else
+                           'is overridden by --hidden_sizes' if c['hidden_sizes'] else None),
+    'tied': lambda c: None if c['arch'] == 'mlp' else f'needs --arch mlp: --arch {c["arch"]} has no Linear mirror to tie',
+    'activation': lambda c: ('does not apply to --arch lstm (an LSTM has its own gates)' if c['arch'] == 'lstm'
+                             else None),
+    'noise_level': lambda c: None if c['noise'] else 'sets the level of --noise, which is off',
+}
+# The options of the VAE's parts apply to their part only.
+USED_ONLY_IF.update({option: (lambda c, kind=kind, name=name: None if c[kind] == name and is_vae(c) else
+                              f'applies to --{kind} {name} only')
+                     for option, (kind, name, *_) in part_options().items()})
+# Flags that only some runs use, told from the flags given.
+USED_ONLY_WITHOUT = {'min_steps': ('n_epochs', 'sets the epochs when --n_epochs is left out')}
+
+
+def incompatible_flags(c, given):
+    """The reason, in one line, why the config c makes no sense, or why one of the flags given
+    (their names) would do nothing in it; None when neither."""
+    if PRIORS[c['prior']].uses_inputs and (c['model'] != 'vae' or not (c['use_dropout'] or c['arch'] == 'lstm')):
+        return (f'--prior {c["prior"]} needs --model vae and --use_dropout: BatchNorm would take the prior\'s inputs '
+                f'into its batch statistics')
+    if c['iwae_k'] > 1 and ({'kl_weight', 'kl_anneal'} & given):
         return '--iwae_k trains on the importance-weighted bound, which has no KL term to weigh or warm up'
-    if c.gated and (c.arch != 'mlp' or c.tied or c.activation != DEFAULTS['activation']):
+    if c['gated'] and (c['arch'] != 'mlp' or c['tied'] or 'activation' in given):
         return ('--gated needs --arch mlp, and neither --tied (a gated layer has two weights) nor --activation (the '
                 'gate replaces it)')
-    if c.likelihood == 'cbernoulli' and c.binarize:
-        return ('--likelihood cbernoulli is a density of grayscale pixels; binary pixels (--binarize) take '
-                '--likelihood bernoulli')
-    if c.tied and c.arch != 'mlp':
-        return f'--tied needs --arch mlp: --arch {c.arch} has no Linear mirror to tie'
-    if c.arch == 'lstm' and c.activation != 'relu':
-        return '--activation does not apply to --arch lstm (an LSTM has its own gates)'
-    if c.bn_eps != DEFAULTS['bn_eps'] and (c.use_dropout or c.arch == 'lstm'):
-        return f'--bn_eps applies to BatchNorm, which {"--use_dropout" if c.use_dropout else "--arch lstm"} has not'
-    if c.noise in ('masking', 'salt_pepper') and c.noise_level > 1:
-        return f'--noise_level {c.noise_level}: --noise {c.noise} takes a share of the pixels, in (0, 1]'
+    if c['binarize'] and not LIKELIHOODS[c['likelihood']].takes_binary_pixels:
+        return (f'--likelihood {c["likelihood"]} is a density of grayscale pixels; binary pixels (--binarize) take '
+                f'--likelihood bernoulli')
+    if c['noise'] in ('masking', 'salt_pepper') and c['noise_level'] > 1:
+        return f'--noise_level {c["noise_level"]}: --noise {c["noise"]} takes a share of the pixels, in (0, 1]'
+    for name in sorted(given & USED_ONLY_WITHOUT.keys()):
+        other, reason = USED_ONLY_WITHOUT[name]
+        if other in given:
+            return f'--{name} {reason}'
+    for name in sorted(given & USED_ONLY_IF.keys()):
+        reason = USED_ONLY_IF[name](c)
+        if reason:
+            return f'--{name} {reason}'
     return None
+
+
+# Without --batch_size, an epoch has at least this many optimizer steps.
+MIN_BATCHES_PER_EPOCH = 16
+
+
+def steps_per_epoch(n_train, batch_size):
+    return math.ceil(n_train / batch_size)
+
+
+def fit_length(config, given, n_train):
+    """The batch size and the epochs that the flags leave out, fitted to n_train training images: the
+    defaults, or on a small data set a batch of a MIN_BATCHES_PER_EPOCH-th of the images and epochs
+    enough for --min_steps optimizer steps. Fashion-MNIST's 48,000 images keep the defaults."""
+    if 'batch_size' not in given:
+        config['batch_size'] = max(2, min(config['batch_size'], n_train // MIN_BATCHES_PER_EPOCH))
+    if 'n_epochs' not in given:
+        needed = math.ceil(config['min_steps'] / steps_per_epoch(n_train, config['batch_size']))
+        config['n_epochs'] = max(config['n_epochs'], needed)
+
+
+def too_few_steps(config, n_train, n_epochs_done):
+    """A one-line warning when the epochs trained took fewer than --min_steps optimizer steps, with
+    the --n_epochs that would reach it; None otherwise."""
+    per_epoch = steps_per_epoch(n_train, config['batch_size'])
+    steps = per_epoch * n_epochs_done
+    if steps >= config['min_steps']:
+        return None
+    return (f'warning: {n_epochs_done} epochs of {per_epoch} batches of {config["batch_size"]} images took {steps} '
+            f'optimizer steps, fewer than the {config["min_steps"]} (--min_steps) that a model needs to learn much; '
+            f'the model may be under-trained: give --n_epochs {math.ceil(config["min_steps"] / per_epoch)}, or leave '
+            f'--n_epochs and --batch_size out to fit them to the data')
+
+
+def check_learnable(images):
+    """Training images that are all the same leave nothing to learn but that one image."""
+    if len(images) > 1 and bool((images == images[:1]).all()):
+        raise CliError(f'all {len(images)} training images are identical: there is nothing to learn from them but '
+                       f'that one image')
 
 
 def check_code_size(config):
@@ -210,10 +296,10 @@ def check_code_size(config):
 def main(argv=None):
     # Arguments: the flags, or with --resume the flags saved in the checkpoint.
     argv = sys.argv[1:] if argv is None else argv
-    config = vars(parse_args(define_argparser(), argv))
+    config, given = parse_args(define_argparser(), argv)
     checkpoint = None
     if config['resume']:
-        config, checkpoint = resume_config(config, argv)
+        config, checkpoint = resume_config(config, given)
     model_fn, verbose = config['model_fn'], config['verbose']
     device = get_device(config['gpu_id'])
     check_fresh(model_fn, config['resume'], config['overwrite'])
@@ -233,6 +319,9 @@ def main(argv=None):
                        f'{config["data_dir"]} gives {shape_text(images.shape[1:])}')
     config['image_shape'] = list(images.shape[1:])
     check_code_size(config)
+    if not checkpoint:
+        check_learnable(images[train_indices])
+        fit_length(config, given, len(train_indices))
     # With --binarize the training batches are drawn afresh each time (the Trainer); the valid
     # images once, here, so that every epoch and every run is scored on the same binary images.
     valid_images = binarize_once(images) if config['binarize'] else images
@@ -252,12 +341,14 @@ def main(argv=None):
     if verbose >= 1:
         print(summary(config, model, device, len(train_indices), len(valid_indices), len(trainer.history)))
 
-    # Training, with a checkpoint saved after every epoch; a signal stops it cleanly.
+    # Training, with a checkpoint saved after every epoch; a signal stops it cleanly. The checkpoint
+    # keeps the config, not the flags of this one run (--model_fn, --gpu_id, --verbose, ...).
+    saved_config = {name: config[name] for name in DEFAULTS}
     try:
         with stop_on_signals(trainer) as save_in_progress:
             def save(trainer):
                 with save_in_progress():
-                    save_checkpoint(model_fn, {**trainer.state_dict(), 'config': config})
+                    save_checkpoint(model_fn, {**trainer.state_dict(), 'config': saved_config})
 
             finished = trainer.train(images.to(device), train_indices.to(device), valid_indices.to(device),
                                      config['n_epochs'], config['batch_size'], on_epoch_end=save,
@@ -276,8 +367,12 @@ def main(argv=None):
              f'--resume', 128 + trainer.stop_requested)
 
     # Save: the file already holds the best epoch; say what it is.
-    if verbose >= 1 and len(trainer.history) < config['n_epochs']:
+    stopped_early = len(trainer.history) < config['n_epochs']
+    if verbose >= 1 and stopped_early:
         print(f'stopped early: no better valid loss in the last {config["patience"]} epochs')
+    warning = None if stopped_early else too_few_steps(config, len(train_indices), len(trainer.history))
+    if verbose >= 1 and warning:
+        print(warning)
     if verbose >= 1:
         print(f'saved {model_fn} ({saved_so_far(trainer.history, model_fn)})')
 
@@ -285,7 +380,9 @@ def main(argv=None):
 def summary(config, model, device, n_train, n_valid, n_done):
     """The few lines that --verbose 1 prints before the first epoch."""
     lines = [f'{config["dataset"]}: {n_train} train / {n_valid} valid images of {shape_text(config["image_shape"])}',
-             f'{model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}']
+             f'{model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}',
+             f'{config["n_epochs"]} epochs of {steps_per_epoch(n_train, config["batch_size"])} batches of '
+             f'{config["batch_size"]} images']
     if n_done:
         lines.append(f'resuming after epoch {n_done}')
     if config['compile']:

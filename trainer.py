@@ -1,5 +1,6 @@
 """One hand-written training loop for every model in model.py."""
 import copy
+import time
 
 import torch
 from tqdm import tqdm
@@ -221,6 +222,7 @@ class Trainer:
         return self.average.model if self.average else self.model
 
     def _train_epoch(self, epoch, images, train_indices, valid_images, valid_indices, batch_size, epochs):
+        start = time.perf_counter()
         self.model.set_epoch(epoch)
         self.evaluated.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
@@ -239,7 +241,8 @@ class Trainer:
             self.scheduler.step()
         self.history.append({'epoch': epoch, 'lr': lr,
                              **{f'train_{k}': v for k, v in train.items()},
-                             **{f'valid_{k}': v for k, v in valid.items()}})
+                             **{f'valid_{k}': v for k, v in valid.items()},
+                             'seconds': time.perf_counter() - start})
         is_best = valid['loss'] < self.best_loss
         if is_best:
             self.best_loss = valid['loss']

@@ -21,6 +21,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message}\n')
 
 
+def default_to_none(parser, defaults):
+    """Makes every flag of parser that defaults holds default to None, so that a flag given on the
+    command line is told from one left out (config.merge_config fills in the rest); a help text's
+    %(default)s still shows the value from defaults. Returns the parser."""
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.default = None
+            if action.help:
+                action.help = action.help.replace('%(default)s', str(defaults[action.dest]))
+    return parser
+
+
 def run_cli(main, prog):
     """Runs main(); a CliError becomes one line on stderr and exit code 2, never a traceback."""
     try:
@@ -113,6 +125,22 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA as well
+
+
+def flag_values(argv):
+    """A command line as {flag: its values}, in order, a flag given twice keeping its last values:
+    ['--btl_size', '8', '--tied'] -> {'--btl_size': ['8'], '--tied': []}."""
+    groups, flag = {}, None
+    for arg in argv:
+        if arg.startswith('--'):
+            flag = arg
+            groups.pop(flag, None)
+            groups[flag] = []
+        elif flag is None:
+            raise CliError(f'{arg}: expected a flag of train.py before it')
+        else:
+            groups[flag].append(arg)
+    return groups
 
 
 def last_line(text):

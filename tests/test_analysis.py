@@ -50,6 +50,28 @@ def test_pca_matches_svd_and_reconstructs_exactly_with_all_components():
     assert torch.allclose(full.decode(full.encode(x)), x, atol=1e-4)
 
 
+@pytest.mark.parametrize('shape', [(200, 6), (12, 50)])
+def test_pca_from_the_smaller_gram_matrix_agrees_with_the_covariance_method(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64) * torch.linspace(3, .1, shape[1], dtype=torch.float64)
+    centered = x - x.mean(0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(x.T))
+    expected = eigenvectors[:, -3:].flip(1).T  # the covariance method, ascending order reversed
+    got = analysis.PCA(x, 3).components
+    assert torch.allclose((got * expected).sum(1).abs(), torch.ones(3, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(got.norm(dim=1), torch.ones(3, dtype=torch.float64))
+
+
+def test_pca_past_the_exact_size_fits_randomly_and_still_finds_the_leading_directions(monkeypatch):
+    monkeypatch.setattr(analysis, 'EXACT_PCA_MAX_SIDE', 10)
+    torch.manual_seed(0)
+    x = torch.randn(300, 40, dtype=torch.float64) * torch.linspace(5, .1, 40, dtype=torch.float64)
+    expected = torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[:4]
+    got = analysis.PCA(x, 4).components
+    # a spectrum this spread (5 down to 0.1 by equal steps) leaves the randomized fit within 1e-6
+    assert torch.allclose((got * expected).sum(1).abs(), torch.ones(4, dtype=torch.float64), atol=1e-6)
+
+
 def test_reconstruction_errors_per_image():
     x = torch.tensor([[0., 1.], [1., 1.]])
     x_hat = torch.tensor([[.5, 1.], [1., .5]])

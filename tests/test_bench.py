@@ -1,9 +1,11 @@
 """bench.py's pieces on small inputs: its FLOP counts, its baseline's inputs, its timers."""
 import json
 
+import pytest
 import torch
 
 import bench
+from config import make_config
 from data_loader import to_input
 from helpers import write_dataset
 from model import build_model
@@ -19,7 +21,7 @@ def test_flops_come_from_the_layer_shapes():
 
 def test_gated_layers_count_both_of_their_products():
     decoder = bench.linear_shapes(build_model(bench.NLL_VAE).decoder)
-    assert decoder == [(40, 300), (40, 300), (300, 300), (300, 300), (300, 784)]  # h and gate per hidden layer
+    assert decoder == [(40, 600), (300, 600), (300, 784)]  # h and gate of a hidden layer in one product
 
 
 def test_the_dataloader_baseline_trains_on_the_same_inputs():
@@ -52,6 +54,7 @@ def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
     assert 50 < bench.peak_training_memory_mb(images, 100, train_flags=[]) < 5000
 
 
+@pytest.mark.slow
 def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=600, n_test=10)
@@ -70,3 +73,19 @@ def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
     assert 'train.py peak RSS, 600 / 6 images' in out
     assert results['folder_read']['n_images'] == 600 and results['folder_read']['first_read_images_per_s'] > 0
     assert 'a folder of 600 PNG images, first read' in out and 'from its cache' in out
+
+
+def test_a_recipe_step_counts_the_rows_that_its_prior_and_samples_add():
+    images = torch.randint(0, 256, (400, 1, 28, 28), dtype=torch.uint8)
+    vamp = bench.recipe_step_speed('--model vae --binarize --gated --hidden_sizes 30 --btl_size 4 --batch_size 10 '
+                                   '--prior vamp --n_pseudo 7 --use_dropout --dropout_p 0 --ema 0.9', images,
+                                   torch.device('cpu'), n_steps=3)
+    # the encoder sees the 10 images and the 7 pseudo-inputs in one pass; the decoder the 10 codes
+    assert vamp['gemm_shapes'] == [(17, 784, 60), (17, 30, 8), (10, 4, 60), (10, 30, 784)]
+    assert vamp['step_ms'] > 0 and 0 < vamp['share_of_matmul']
+    iwae = bench.recipe_step_speed('--model vae --hidden_sizes 30 --btl_size 4 --batch_size 10 --iwae_k 5', images,
+                                   torch.device('cpu'), n_steps=3)
+    assert iwae['gemm_shapes'][2:] == [(50, 4, 30), (50, 30, 784)]  # 5 samples of each image decoded
+    conv = bench.gemm_shapes(build_model(make_config(arch='conv', hidden_sizes=[4, 8], btl_size=2)),
+                             torch.rand(3, 784))
+    assert conv[:2] == [(3 * 14 * 14, 1 * 9, 4), (3 * 7 * 7, 4 * 9, 8)]  # unfolded 3 x 3 patches by channels

@@ -1,4 +1,4 @@
-"""checkpoint.py on its own: which flags a command line gives, what --resume accepts, the
+"""checkpoint.py on its own, with train.py's parse: which flags a command line gives, what --resume accepts, the
 overwrite rule and the file's permissions."""
 import os
 
@@ -6,28 +6,36 @@ import pytest
 import torch
 
 import checkpoint
+import train
+from config import make_config
+from model import model_from_checkpoint
 from helpers import TINY, train_in_process
 from utils import CliError
 
 
 @pytest.mark.parametrize('argv, given', [
-    (['--model_fn', 'm.pth', '--resume'], {'model_fn', 'resume'}),
-    (['--model_fn=m.pth', '--resume', '--n_epochs', '30', '--no-amp'], {'model_fn', 'resume', 'n_epochs', 'amp'}),
-    (['--model_fn', 'm.pth', '--hidden_sizes', '64', '32', '--lr', '-1e-3'], {'model_fn', 'hidden_sizes', 'lr'}),
+    (['--model_fn', 'm.pth', '--resume'], set()),
+    (['--model_fn=m.pth', '--resume', '--n_epochs', '30', '--no-amp'], {'n_epochs', 'amp'}),
+    (['--model_fn', 'm.pth', '--hidden_sizes', '64', '32', '--lr', '1e-3'], {'hidden_sizes', 'lr'}),
+    (['--model_fn', 'm.pth', '--model', 'ae', '--btl_size', '10'], {'model', 'btl_size'}),  # given, though defaults
 ])
-def test_given_flags_are_named_as_argparse_stores_them(argv, given):
-    assert checkpoint.given_flags(argv) == given
+def test_the_config_flags_given_are_known_from_the_parse(argv, given):
+    config, found = train.parse_args(train.define_argparser(), argv)
+    assert found == given
+    assert config['model_fn'] == 'm.pth' and config['n_epochs'] == (30 if 'n_epochs' in given else 20)
 
 
 def test_resume_takes_the_saved_flags_and_only_those_given_that_do_not_change_the_run(data_dir, tmp_path):
     model_fn = str(tmp_path / 'm.pth')
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--lr', '3e-3', '--n_epochs', '2')
-    asked = {'model_fn': model_fn, 'resume': True, 'n_epochs': 5, 'lr': 1e-3, 'gpu_id': -1, 'verbose': 1}
-    config, saved = checkpoint.resume_config(asked, ['--model_fn', model_fn, '--resume', '--n_epochs', '5'])
+    asked = {**make_config(n_epochs=5, lr=1e-3), 'model_fn': model_fn, 'resume': True, 'gpu_id': -1, 'verbose': 1}
+    config, saved = checkpoint.resume_config(asked, {'n_epochs'})
     assert config['lr'] == 3e-3 and config['n_epochs'] == 5 and config['hidden_sizes'] == [64, 32]
+    assert config['model_fn'] == model_fn and config['verbose'] == 1
     assert len(saved['history']) == 2
+    assert 'model_fn' not in saved['config'] and 'verbose' not in saved['config']  # run-only flags are not saved
     with pytest.raises(CliError, match='--lr would change the run'):
-        checkpoint.resume_config(asked, ['--model_fn', model_fn, '--resume', '--lr', '1e-3'])
+        checkpoint.resume_config(asked, {'lr'})
 
 
 def test_an_existing_file_is_kept_unless_the_run_resumes_or_overwrites(tmp_path):
@@ -50,3 +58,20 @@ def test_a_saved_checkpoint_has_the_mode_that_the_umask_gives_any_new_file(umask
         os.umask(previous)
     assert os.stat(tmp_path / 'm.pth').st_mode & 0o777 == os.stat(tmp_path / 'plain').st_mode & 0o777
     assert os.stat(tmp_path / 'm.pth').st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_checkpoint_of_the_older_layout_loads_and_gives_the_outputs_it_gave():
+    """A gated VampPrior VAE saved by an earlier layout of the code (two Linears per gated layer, the
+    pseudo-inputs on the VAE, every flag of its run in the config), with what that code computed
+    from it: today's code loads it through predict.py's path and computes the same."""
+    path = os.path.join(os.path.dirname(__file__), 'data', 'older_layout_gated_vamp.pth')
+    saved = checkpoint.load_checkpoint(path)
+    assert 'encoder.0.block.0.h.weight' in saved['model'] and 'pseudo_inputs' in saved['model']
+    model = model_from_checkpoint(saved, path).eval()
+    expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
+    with torch.no_grad():
+        codes = model.encode(expected['x'])
+        # the same products, split or fused: equal within fp32 rounding of sums of 36 terms
+        assert torch.allclose(codes, expected['codes'], atol=1e-5)
+        assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
+        assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)

@@ -8,6 +8,7 @@ import torch
 import analysis
 import predict
 import train
+from config import DEFAULTS
 from checkpoint import load_checkpoint, resumable_flags
 from data_loader import load_dataset, split_train_valid
 from helpers import TINY, expect_usage_error, printed_losses, run_script
@@ -44,7 +45,8 @@ def test_checkpoint_loads_with_weights_only(trained):
     model_fn, _ = trained
     checkpoint = torch.load(model_fn, weights_only=True)
     assert set(checkpoint) == {'model', 'opt', 'config', 'history', 'last'}
-    assert set(checkpoint['last']) == {'model', 'scheduler', 'rng'}
+    assert set(checkpoint['last']) == {'model', 'scheduler', 'rng', 'average'}
+    assert set(checkpoint['config']) == set(DEFAULTS)  # the config, without run-only flags such as --model_fn
     assert checkpoint['config']['btl_size'] == 2 and checkpoint['config']['hidden_sizes'] == [64, 32]
     assert [h['epoch'] for h in checkpoint['history']] == [1, 2, 3]
     assert 'state' in checkpoint['opt']

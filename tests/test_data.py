@@ -118,3 +118,21 @@ def test_select_labels():
 def test_to_input_scales_to_unit_interval():
     images = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
     assert torch.allclose(to_input(images), torch.tensor([[0., 1., .2, .4]]))
+
+
+def test_a_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    class Offline:  # what torchvision does offline: it makes DATA_DIR/MNIST/raw, then fails to fetch
+        def __init__(self, root, train, download):
+            os.makedirs(os.path.join(root, 'MNIST', 'raw'), exist_ok=True)
+            open(os.path.join(root, 'MNIST', 'raw', 'train-images-idx3-ubyte.gz.part'), 'w').close()
+            raise OSError('no network')
+
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets, 'MNIST', Offline)
+    kept = tmp_path / 'kept'
+    kept.mkdir()
+    (kept / 'notes.txt').write_text('mine')
+    for data_dir in (tmp_path / 'data', kept):
+        with pytest.raises(DataError, match='could not be downloaded'):
+            load_dataset('mnist', str(data_dir), train=True)
+    assert sorted(os.listdir(tmp_path)) == ['kept'] and os.listdir(kept) == ['notes.txt']

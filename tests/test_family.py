@@ -1,6 +1,7 @@
 """The autoencoder family: each variant trained through train.py's command line on tiny data
 and reloaded by predict.py from its config alone."""
 import json
+import math
 import os
 
 import numpy as np
@@ -12,8 +13,8 @@ import predict
 import train
 from config import make_config
 from data_loader import write_idx
-from helpers import expect_usage_error
-from model import build_model, fuse_gated_halves, model_from_checkpoint
+from helpers import assert_same_run, expect_usage_error
+from model import build_model, model_from_checkpoint, upgrade_state_dict
 from utils import run_cli
 
 SMALL = ['--n_epochs', '2', '--batch_size', '64', '--gpu_id', '-1', '--btl_size', '3']
@@ -45,6 +46,8 @@ VARIANTS = {
     'binarized_gated_vamp_iwae': ['--model', 'vae', '--binarize', '--gated', '--prior', 'vamp', '--n_pseudo', '5',
                                   '--use_dropout', '--iwae_k', '3', '--hidden_sizes', '64', '32'],
     'continuous_bernoulli': ['--model', 'vae', '--likelihood', 'cbernoulli', '--hidden_sizes', '64'],
+    'mixture_prior': ['--model', 'vae', '--prior', 'mog', '--n_components', '4', '--hidden_sizes', '64'],
+    'gaussian_likelihood': ['--model', 'vae', '--likelihood', 'gaussian', '--hidden_sizes', '64'],
 }
 
 
@@ -187,7 +190,7 @@ def test_a_gated_checkpoint_of_two_linears_per_layer_loads_into_the_fused_layer(
     loaded = model_from_checkpoint({'config': config, 'model': split}, 'old.pth').eval()
     x = torch.rand(4, 6)
     assert torch.equal(loaded.encode(x), model.encode(x))
-    assert fuse_gated_halves(model.state_dict()).keys() == model.state_dict().keys()
+    assert upgrade_state_dict(model.state_dict()).keys() == model.state_dict().keys()
 
 
 def vamp_vae(n_pseudo, btl_size=3, n_pixels=6):
@@ -201,7 +204,7 @@ def test_the_vamp_prior_is_the_mean_of_the_posteriors_at_the_pseudo_inputs():
     model = vamp_vae(n_pseudo=4)
     z = torch.randn(10, 3) * 2
     with torch.no_grad():
-        mu, logvar = model.posterior(model.pseudo_inputs.clamp(0, 1))
+        mu, logvar = model.posterior(model.prior.pseudo_inputs.clamp(0, 1))
         densities = torch.stack([Normal(m, torch.exp(.5 * v)).log_prob(z).sum(1).exp() for m, v in zip(mu, logvar)])
         assert torch.allclose(model.log_prior(z), densities.mean(0).log(), rtol=1e-5, atol=1e-5)
         samples = model.sample_prior(20000, 'cpu')
@@ -304,7 +307,7 @@ def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
     (['--gated', '--tied'], '--gated needs --arch mlp, and neither --tied'),
     (['--gated', '--activation', 'tanh'], 'nor --activation (the gate replaces it)'),
     (['--prior', 'vamp'], '--prior vamp needs --model vae and --use_dropout'),
-    (['--model', 'vae', '--prior', 'vamp'], 'BatchNorm would take the pseudo-inputs into its batch statistics'),
+    (['--model', 'vae', '--prior', 'vamp'], "BatchNorm would take the prior's inputs into its batch statistics"),
     (['--iwae_k', '5'], '--iwae_k applies to --model vae only'),
     (['--model', 'vae', '--iwae_k', '5', '--kl_anneal', '3'], 'has no KL term to weigh or warm up'),
     (['--model', 'vae', '--iwae_k', '0'], '--iwae_k'),
@@ -312,3 +315,66 @@ def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
 def test_combinations_that_make_no_sense(flags, match, data_dir, tmp_path, capsys):
     expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--data_dir', data_dir,
                                                 *flags], capsys, match)
+
+
+@pytest.mark.parametrize('flags, help_text, label', [
+    (['--prior', 'mog', '--n_components', '3'], 'mog: a mixture of --n_components Gaussians',
+     'decoded from z ~ p(z), a mixture of learned Gaussians'),
+    (['--likelihood', 'gaussian'], 'gaussian: a Gaussian per pixel with a standard deviation learned',
+     'Gaussian of pixel intensities with a learned deviation per pixel, a density on the real line'),
+])
+def test_a_new_part_is_in_the_help_trains_resumes_and_is_named_by_predict(flags, help_text, label, data_dir, tmp_path,
+                                                                         capsys):
+    assert help_text in ' '.join(train.define_argparser().format_help().split())
+    model_fn = str(tmp_path / 'm.pth')
+    common = ['--model_fn', model_fn, '--data_dir', data_dir, '--model', 'vae', '--hidden_sizes', '32', '--btl_size',
+              '2', '--batch_size', '64', '--gpu_id', '-1', '--verbose', '0']
+    whole = str(tmp_path / 'whole.pth')
+    run_cli(lambda: train.main([*common, *flags, '--n_epochs', '1']), 'train.py')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--resume', '--n_epochs', '2', '--verbose', '0']), 'train.py')
+    run_cli(lambda: train.main([*common[2:], '--model_fn', whole, *flags, '--n_epochs', '2']), 'train.py')
+    assert_same_run(torch.load(whole, weights_only=True), torch.load(model_fn, weights_only=True))
+    out_dir = tmp_path / 'predict'
+    capsys.readouterr()
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
+                                  '--iw_samples', '3', '--what', 'samples', 'metrics']), 'predict.py')
+    printed = ' '.join(capsys.readouterr().out.split())
+    metrics = json.loads((out_dir / 'metrics.json').read_text())
+    if '--likelihood' in flags:
+        assert metrics['likelihood'].startswith(label) and metrics['nats_of_log_px'] is True and label in printed
+    else:
+        assert build_model(torch.load(model_fn, weights_only=True)['config']).prior.label in label
+
+
+def test_the_mixture_prior_is_a_normalised_density_of_its_weighted_components():
+    torch.manual_seed(0)
+    config = make_config(model='vae', hidden_sizes=[5], btl_size=1, prior='mog', n_components=3,
+                         image_shape=[1, 1, 6])
+    prior = build_model(config).prior
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-2.], [0.], [3.]]))
+        prior.logvars.copy_(torch.tensor([[0.], [-1.], [.5]]))
+        prior.logits.copy_(torch.tensor([0., 1., 2.]))
+    z = torch.linspace(-12, 14, 20001, dtype=torch.float64)[:, None].float()
+    density = prior.log_prob(z).double().exp()
+    # a Riemann sum on a fine grid: its error is far below the fp32 rounding of the densities (1e-6)
+    assert (density.sum() * 26 / 20000).item() == pytest.approx(1, abs=1e-5)
+    weights = torch.softmax(prior.logits, 0)
+    expected = sum(w * Normal(m, (.5 * lv).exp()).log_prob(z[:, 0]).exp()
+                   for w, m, lv in zip(weights, prior.means[:, 0], prior.logvars[:, 0]))
+    assert torch.allclose(density.float(), expected, atol=1e-6)
+    samples = prior.sample(40000, 'cpu')[:, 0]
+    assert samples.mean().item() == pytest.approx((weights * prior.means[:, 0]).sum().item(), abs=.05)
+
+
+def test_the_gaussian_likelihood_integrates_to_one_and_floors_its_deviation():
+    config = make_config(model='vae', hidden_sizes=[5], btl_size=1, likelihood='gaussian', image_shape=[1, 1, 1])
+    likelihood = build_model(config).likelihood
+    x = torch.linspace(-3, 4, 70001, dtype=torch.float64)[:, None].float()
+    logits = torch.full((len(x), 1), .3)
+    density = likelihood.log_prob(logits, x).double().exp()
+    assert (density.sum() * 7 / 70000).item() == pytest.approx(1, abs=1e-5)
+    with torch.no_grad():
+        likelihood.log_scale.fill_(-20.)  # a pixel that never changes would narrow it toward 0
+    at_mean = likelihood.log_prob(torch.zeros(1, 1), torch.full((1, 1), .5)).item()
+    assert at_mean == pytest.approx(-math.log(likelihood.MIN_SCALE * math.sqrt(2 * math.pi)), rel=1e-5)

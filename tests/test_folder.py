@@ -13,7 +13,7 @@ import train
 from config import make_config
 from data_loader import (DataError, class_indices, class_names, load_dataset, load_folder, write_idx,
                          write_image_folder)
-from helpers import TINY, expect_usage_error, make_images, printed_losses, run_script, train_in_process
+from helpers import TINY, expect_usage_error, make_images, printed_losses, run_script, train_in_process, without_times
 from model import build_model, from_rows, to_rows
 from utils import CliError, run_cli
 
@@ -54,7 +54,7 @@ def test_a_folder_and_idx_files_of_the_same_images_train_alike(tmp_path, capsys)
     for flags in (['--dataset', 'mnist', '--data_dir', str(idx_dir)],
                   ['--dataset', 'folder', '--data_dir', str(png_dir)]):
         model_fn = str(tmp_path / f'{flags[1]}.pth')
-        histories.append(train_in_process('--model_fn', model_fn, *flags, *TINY)['history'])
+        histories.append(without_times(train_in_process('--model_fn', model_fn, *flags, *TINY)['history']))
     assert histories[0] == histories[1]
     for train_set in (True, False):
         idx, folder = (load_dataset(dataset, str(where), train_set) for dataset, where in
@@ -162,6 +162,29 @@ def test_bad_folders_are_one_line_errors_naming_the_file(tmp_path, capsys, make,
     assert not os.path.exists(tmp_path / 'm.pth')
 
 
+def test_every_bad_file_is_named_in_one_error_up_to_a_cap(tmp_path, capsys):
+    root = str(tmp_path / 'images')
+    write_image_folder(root, colour_images(3, 0)[0])
+    for i in range(data_loader.MAX_NAMED_FILES + 2):
+        open(os.path.join(root, f'bad{i}.png'), 'w').write('not an image')
+    message = expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--dataset',
+                                                           'folder', '--data_dir', root, *TINY], capsys, 'bad0.png')
+    named = [f'bad{i}.png' for i in range(data_loader.MAX_NAMED_FILES + 2) if f'bad{i}.png:' in message]
+    assert len(named) == data_loader.MAX_NAMED_FILES and message.count('cannot decode') == data_loader.MAX_NAMED_FILES
+    assert 'and 2 more' in message and message.strip().endswith('replace or remove them')
+    assert not os.path.exists(tmp_path / 'm.pth')
+
+
+def test_two_bad_files_are_both_named(tmp_path):
+    root = str(tmp_path / 'images')
+    write_image_folder(root, colour_images(3, 0)[0])
+    for name in ('cut.png', 'text.jpg'):
+        open(os.path.join(root, name), 'w').write('not an image')
+    with pytest.raises(DataError, match=r'cut\.png: cannot decode .*; .*text\.jpg: cannot decode .*; replace or '
+                                        r'remove them$'):
+        data_loader.read_folder(root)
+
+
 def test_the_cache_is_read_instead_of_the_files_until_the_folder_changes(tmp_path, monkeypatch):
     root = str(tmp_path / 'images')
     write_image_folder(root, colour_images(10, seed=0)[0])
@@ -247,6 +270,7 @@ def test_predict_on_a_folder_without_classes_skips_what_needs_them(tmp_path, cap
                        '--target_labels: this data set has no classes')
 
 
+@pytest.mark.slow
 def test_a_second_run_reads_the_cache_and_trains_alike(tmp_path):
     root = write_image_folder(str(tmp_path / 'images'), colour_images(60, seed=0)[0])
     flags = ['--dataset', 'folder', '--data_dir', root, *TINY, '--n_epochs', '1', '--overwrite']
@@ -268,3 +292,29 @@ def test_oneclass_runs_on_class_folders_by_name(tmp_path, capsys):
     assert '1 bee' in out and os.path.exists(out_dir / 'class_1.pth')
     expect_usage_error(oneclass.main, 'oneclass.py', ['--dataset', 'folder', '--data_dir', root, '--classes', 'eel',
                                                       '--out_dir', str(out_dir)], capsys, '--classes eel: not a class')
+
+
+def test_a_small_folder_gets_batches_and_epochs_enough_to_learn_and_an_explicit_short_run_is_warned(tmp_path,
+                                                                                                    capsys):
+    root = str(tmp_path / 'images')
+    write_image_folder(root, *colour_images(60, seed=0))
+    argv = ['--model_fn', str(tmp_path / 'm.pth'), '--dataset', 'folder', '--data_dir', root, '--hidden_sizes', '16',
+            '--btl_size', '2', '--gpu_id', '-1', '--min_steps', '600']
+    saved = train_in_process(*argv)
+    n_train = int(len(load_dataset('folder', root, True)[0]) * .8)  # the training share of the split
+    assert saved['config']['batch_size'] == max(2, n_train // train.MIN_BATCHES_PER_EPOCH)
+    steps = train.steps_per_epoch(n_train, saved['config']['batch_size'])
+    assert saved['config']['n_epochs'] == max(20, -(-600 // steps)) == len(saved['history']) > 20
+    capsys.readouterr()
+    run_cli(lambda: train.main([*argv[:-2], '--n_epochs', '2', '--overwrite']), 'train.py')
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith('warning:')]
+    assert len(warnings) == 1 and 'optimizer steps, fewer than the 2000 (--min_steps)' in warnings[0]
+    assert f'give --n_epochs {-(-2000 // steps)}' in warnings[0]
+
+
+def test_identical_training_images_are_refused_before_anything_is_written(tmp_path, capsys):
+    root = str(tmp_path / 'images')
+    write_image_folder(root, torch.zeros(10, 1, 8, 8, dtype=torch.uint8))
+    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--dataset', 'folder',
+                                                '--data_dir', root, *TINY], capsys, 'training images are identical')
+    assert not os.path.exists(tmp_path / 'm.pth')

@@ -3,7 +3,6 @@
 priors and IWAE, with the regularizers, with and without bf16 autocast) train a step; random and
 mutated bytes given to the IDX reader and to checkpoint loading fail only with the project's own
 errors."""
-import argparse
 import gzip
 import os
 import io
@@ -13,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkpoint import load_checkpoint
-from config import make_config
+from config import DEFAULTS, make_config
 from data_loader import DataError, idx_bytes, read_idx
+from distributions import LIKELIHOODS, PRIORS
 from helpers import make_images
 from model import ACTIVATIONS, BN_EPS, build_model, model_from_checkpoint
-from train import incompatible_flags
+from train import USED_ONLY_IF, incompatible_flags
 from trainer import forward_precision
 from utils import CliError
 
@@ -48,12 +48,20 @@ def architectures(draw):
     if arch == 'mlp' and draw(st.booleans()):
         config.update(gated=True, tied=False, activation='relu')
     if model == 'vae':
-        config['likelihood'] = draw(st.sampled_from(['bernoulli', 'cbernoulli']))
-        if config['use_dropout'] or arch == 'lstm':
-            config.update(prior=draw(st.sampled_from(['normal', 'vamp'])), n_pseudo=draw(st.integers(1, 20)))
+        config['likelihood'] = draw(st.sampled_from(list(LIKELIHOODS)))
+        priors = [name for name, prior in PRIORS.items() if config['use_dropout'] or arch == 'lstm' or
+                  not prior.uses_inputs]  # a prior with inputs of its own needs no BatchNorm
+        config.update(prior=draw(st.sampled_from(priors)), n_pseudo=draw(st.integers(1, 20)),
+                      n_components=draw(st.integers(1, 5)))
         if draw(st.booleans()):
             config.update(iwae_k=draw(st.integers(2, 4)), kl_weight=1., kl_anneal=0)
-    assert incompatible_flags(argparse.Namespace(**config)) is None  # the draw keeps to the rules
+    # Flags this architecture would not use go back to their defaults, as if not given.
+    # (until none is left: resetting one, such as --use_dropout, can leave another unused)
+    while unused := {name: DEFAULTS[name] for name, rule in USED_ONLY_IF.items()
+                     if rule(config) and config[name] != DEFAULTS[name]}:
+        config.update(unused)
+    given = {name for name in DEFAULTS if config[name] != DEFAULTS[name]}
+    assert incompatible_flags(config, given) is None  # the draw keeps to the rules
     return config
 
 

@@ -12,7 +12,8 @@ import train
 from config import make_config
 from data_loader import binarize_once, to_input
 from helpers import TINY, expect_usage_error, train_in_process
-from model import build_model, gaussian_kl
+from distributions import gaussian_kl
+from model import build_model
 from trainer import Trainer, build_optimizer, run_epoch
 from utils import EVAL_SEED, run_cli
 

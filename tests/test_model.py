@@ -4,7 +4,8 @@ import torch.nn as nn
 from torch.distributions import Normal, kl_divergence
 
 from config import make_config
-from model import LOGVAR_MAX, Block, build_model, gaussian_kl, hidden_size_schedule
+from distributions import LOGVAR_MAX, gaussian_kl
+from model import Block, build_model, hidden_size_schedule
 
 
 def linear_sizes(module):

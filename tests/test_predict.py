@@ -85,3 +85,24 @@ def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path)
 def test_predict_bad_flags(models, flags, match, tmp_path, capsys):
     expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path),
                                                     *flags], capsys, match)
+
+
+def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_path, capsys):
+    model_fn = str(tmp_path / 'weak.pth')  # one epoch: far from PCA's reconstructions
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, '--verbose', '0', '--btl_size', '3',
+                                '--hidden_sizes', '64', '32', '--n_epochs', '1', '--gpu_id', '-1']), 'train.py')
+    capsys.readouterr()
+    metrics = run_predict(model_fn, tmp_path / 'out', '--what', 'metrics')
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('predict.py: warning')]
+    assert metrics['sse_per_image'] > metrics['pca_sse_per_image']
+    assert any(f'reconstructs worse than PCA-3' in line and '--n_epochs' in line for line in err)
+    worse_codes = metrics['knn_accuracy'] < metrics['pca_knn_accuracy']
+    assert any('5-NN accuracy of the codes is below' in line for line in err) is worse_codes
+    assert len(err) == 1 + worse_codes
+
+
+def test_below_baseline_says_nothing_of_a_model_that_beats_pca():
+    m = {'sse_per_image': 1., 'pca_sse_per_image': 2., 'knn_accuracy': .9, 'pca_knn_accuracy': .8,
+         'pca_components': 2}
+    assert predict.below_baseline(m) == []
+    assert len(predict.below_baseline({**m, 'sse_per_image': 3., 'knn_accuracy': .7})) == 2

@@ -1,5 +1,5 @@
-"""The documentation's commands: every one of them is accepted by its script, and the README's
-quick start runs as written."""
+"""The documentation's commands: every one of them is accepted by its script, the README's
+quick start runs as written, and every README command runs offline, shortened."""
 import glob
 import os
 import re
@@ -8,13 +8,16 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import bench
 import oneclass
 import predict
 import recipes
 import train
-from helpers import ROOT
+from data_loader import write_image_folder
+from helpers import ROOT, make_images
+from utils import flag_values
 
 
 def parse_oneclass(argv):
@@ -68,6 +71,46 @@ def test_the_readme_test_command_is_the_one_ci_runs():
     assert 'python -m pytest -q tests' in open(os.path.join(ROOT, '.ci', 'run')).read()
 
 
+def shortened(script, argv):
+    """A README command cut to a check of seconds: train.py trains 1 to 3 epochs in the same order
+    as the command's (20 -> 1, 40 -> 2, 60 and more -> 3, so that --resume still trains on), the
+    -log p(x) takes 10 samples, oneclass.py two classes, recipes.py one epoch of each recipe."""
+    flags = flag_values(argv)
+    if script == 'train.py':
+        epochs = int(flags.get('--n_epochs', ['20'])[0])
+        flags['--n_epochs'] = [str(min(-(-epochs // 20), 3))]
+    elif script == 'predict.py':
+        flags['--iw_samples'] = ['10']
+    elif script == 'oneclass.py':
+        flags.update({'--classes': ['0', '1'], '--n_epochs': ['1']})
+    elif script == 'recipes.py':
+        flags['--recipe_epochs'] = ['1']
+    return [arg for flag, values in flags.items() for arg in (flag, *values)]
+
+
+def readme_commands():
+    return [command for _, block in bash_blocks(os.path.join(ROOT, 'README.md')) for command in block
+            if command.split()[:2][-1] in PARSERS]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(FASHION_MNIST), reason='needs Fashion-MNIST (apt-get install '
+                                                              'dataset-fashion-mnist); .ci/run installs it')
+def test_every_readme_command_runs_offline_in_order(tmp_path):
+    """Every command of the README, in its order, in a fresh folder with a folder of images for
+    "Your own images" and no network: each ends well (shortened to seconds of training)."""
+    images, labels = make_images(120, seed=0)
+    write_image_folder(str(tmp_path / 'my_images'), torch.from_numpy(images)[:, None], torch.from_numpy(labels))
+    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+    for command in readme_commands():
+        _, script, *argv = shlex.split(command)
+        result = subprocess.run([sys.executable, os.path.join(ROOT, script), *shortened(script, argv)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=1800, env=env)
+        assert result.returncode == 0, f'{command}: {result.stderr}'
+    assert not (tmp_path / 'data').exists()  # nothing looked for MNIST, nothing was made for it
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(FASHION_MNIST), reason='needs Fashion-MNIST (apt-get install '
                                                               'dataset-fashion-mnist); .ci/run installs it')
 def test_the_quick_start_runs_as_written(tmp_path):
@@ -82,3 +125,26 @@ def test_the_quick_start_runs_as_written(tmp_path):
         assert result.returncode == 0, f'{command}: {result.stderr}'
     assert (tmp_path / 'ae.pth').is_file() and (tmp_path / 'ae_predict' / 'metrics.json').is_file()
     assert (tmp_path / 'ae_figures' / 'reconstructions.png').is_file()
+
+
+def reference_table_flags(heading):
+    """The flags named in the first column of the table under a heading of docs/reference.md, and
+    the default that the table gives each."""
+    text = open(os.path.join(ROOT, 'docs', 'reference.md')).read()
+    section = text.split(f'\n{heading}\n')[1].split('\n## ')[0]
+    flags = {}
+    for row in re.findall(r'^\| (`--[^|]*) \| ([^|]*) \|', section, re.M):
+        names = [name for name in re.findall(r'`--([\w-]+)', row[0]) if not name.startswith('no-')]
+        for name, default in zip(names, [d.strip() for d in row[1].split(',')] * len(names)):
+            flags[name] = default
+    return flags
+
+
+def test_the_reference_table_of_train_py_holds_every_flag_with_its_default():
+    documented = reference_table_flags('## train.py')
+    parser = train.define_argparser()
+    flags = {action.dest for action in parser._actions if action.dest != 'help'}
+    assert documented.keys() == flags
+    for name, default in documented.items():
+        if name in train.DEFAULTS and re.fullmatch(r'[-\d.e]+', default):
+            assert float(default) == float(train.DEFAULTS[name]), name

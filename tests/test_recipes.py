@@ -3,6 +3,7 @@ scripts on a tiny data set."""
 import json
 
 import pytest
+import torch
 
 import recipes
 from helpers import write_dataset
@@ -38,6 +39,7 @@ def test_recipe_targets_are_judged_against_their_baselines():
     assert rows['train time of binarized_iwae'] == ('90.0 min', '')  # as long as the protocol takes
 
 
+@pytest.mark.slow
 def test_some_recipes_alone(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
@@ -49,6 +51,7 @@ def test_some_recipes_alone(tmp_path, capsys):
     assert 'binarized_vamp: test -log p(x), 100 samples, vs VAE, VampPrior' in out and 'AE 2-d' not in out
 
 
+@pytest.mark.slow
 def test_recipes_train_and_evaluate_through_the_real_scripts(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
@@ -81,6 +84,35 @@ def test_a_second_run_leaves_the_first_ones_files_unless_told_to_overwrite(tmp_p
     recipes_dir = tmp_path / 'recipes'
     recipes_dir.mkdir()
     (recipes_dir / 'ae2.pth').write_bytes(b'a checkpoint of an earlier run')
-    with pytest.raises(CliError, match=r'train\.py .* failed: train\.py: error: .*ae2\.pth exists; give --resume'):
+    with pytest.raises(CliError, match=r'ae2\.pth was trained with other flags; give --overwrite to train ae2 again'):
         recipes.main(['--recipe_epochs', '1', '--data_dir', str(data_dir), '--recipes_dir', str(recipes_dir)])
     assert (recipes_dir / 'ae2.pth').read_bytes() == b'a checkpoint of an earlier run'
+
+
+@pytest.mark.slow
+def test_a_recipe_goes_on_where_its_checkpoint_stopped_and_refuses_changed_flags(tmp_path, capsys, monkeypatch):
+    data_dir = tmp_path / 'data'
+    write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=200, n_test=60)
+    recipes_dir = tmp_path / 'recipes'
+    common = ['--recipes', 'ae30', '--data_dir', str(data_dir), '--recipes_dir', str(recipes_dir)]
+    monkeypatch.setitem(recipes.RECIPES, 'ae30', ('--btl_size 3 --hidden_sizes 16 --n_epochs 3', ['metrics'], None))
+    recipes.main([*common, '--recipe_epochs', '1'])
+    first = torch.load(recipes_dir / 'ae30.pth', weights_only=True)
+    # The same recipe asked for more epochs is another recipe: refused by name, the checkpoint kept.
+    with pytest.raises(CliError, match=r'ae30\.pth was trained with --n_epochs 1 where the recipe now gives '
+                                       r'--n_epochs 3; give --overwrite'):
+        recipes.main(common)
+    assert torch.equal(torch.load(recipes_dir / 'ae30.pth', weights_only=True)['model']['encoder.0.block.0.weight'],
+                       first['model']['encoder.0.block.0.weight'])
+    # A run stopped after epoch 1 of 3 (its flags file says 3): the next run trains epochs 2 and 3.
+    flags = json.loads((recipes_dir / 'ae30.flags.json').read_text())
+    (recipes_dir / 'ae30.flags.json').write_text(json.dumps(flags[:-2]))  # the flags without --n_epochs 1
+    first['config']['n_epochs'] = 3
+    torch.save(first, recipes_dir / 'ae30.pth')
+    capsys.readouterr()
+    recipes.main(common)
+    assert 'ae30: 1 of 3 epochs trained in' in capsys.readouterr().out
+    resumed = torch.load(recipes_dir / 'ae30.pth', weights_only=True)
+    assert [h['epoch'] for h in resumed['history']] == [1, 2, 3]
+    results = json.loads((recipes_dir / 'recipes.json').read_text())
+    assert results['ae30']['train_seconds'] == pytest.approx(sum(h['seconds'] for h in resumed['history']))

@@ -64,7 +64,7 @@ def assert_equal_values(a, b, path='checkpoint'):
     """Two nested checkpoint values hold the same tensors (bit for bit) and the same plain values."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
-        for key in a:
+        for key in a.keys() - {'seconds'}:  # an epoch's wall time is never the same twice
             assert_equal_values(a[key], b[key], f'{path}[{key!r}]')
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
@@ -82,9 +82,7 @@ def test_the_same_seed_on_the_same_machine_gives_identical_checkpoints(model, da
     a = train_in_process('--model_fn', str(tmp_path / 'a.pth'), *common)
     b = train_in_process('--model_fn', str(tmp_path / 'b.pth'), *common)
     c = train_in_process('--model_fn', str(tmp_path / 'c.pth'), *common, '--seed', '2')
-    for saved in (a, b):
-        del saved['config']['model_fn']  # the one thing that differs: the name they were given
-    assert_equal_values(a, b)  # weights, optimizer state, history, random number generator states
+    assert_equal_values(a, b)  # the checkpoint does not hold the name each was given  # weights, optimizer state, history, random number generator states
     assert not torch.equal(a['model']['encoder.0.block.0.weight'], c['model']['encoder.0.block.0.weight'])
 
 
@@ -104,6 +102,7 @@ def wait_for_epoch_line(process, epoch=1):
     pytest.fail(f'training ended before epoch {epoch}: ' + process.stderr.read())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(signum, data_dir, tmp_path):
     n_epochs = 12
@@ -176,6 +175,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     assert model_fn.read_bytes() == good
 
 
+@pytest.mark.slow
 def test_a_failing_compile_stops_with_one_line(data_dir, tmp_path):
     """--compile where torch.compile cannot work: on the CPU it needs a C++ compiler."""
     env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'), 'TORCHINDUCTOR_FX_GRAPH_CACHE': '0',
@@ -219,6 +219,7 @@ def test_unwritable_out_dir_is_reported_before_any_work(data_dir, tmp_path, caps
 
 # --- nothing replaced by accident, files as the user's umask says, a log that stays readable ---
 
+@pytest.mark.slow
 def test_an_existing_checkpoint_is_never_replaced_without_resume_or_overwrite(data_dir, tmp_path):
     model_fn = tmp_path / 'm.pth'
     common = ['--model_fn', str(model_fn), '--data_dir', data_dir, *TINY, '--n_epochs', '1']

@@ -88,7 +88,7 @@ def test_training_lowers_the_loss_of_a_real_model():
     assert trainer.train(images, torch.arange(48), torch.arange(48, 64), n_epochs=5, batch_size=16)
     history = trainer.history
     assert history[-1]['train_loss'] < history[0]['train_loss']
-    assert set(history[0]) == {'epoch', 'lr', 'train_loss', 'train_recon', 'train_kl',
+    assert set(history[0]) == {'epoch', 'lr', 'seconds', 'train_loss', 'train_recon', 'train_kl',
                                'valid_loss', 'valid_recon', 'valid_kl'}
 
 
@@ -111,6 +111,7 @@ def test_amp_trains_like_fp32_and_reports_fp32_losses():
     assert all(abs(a - b) < .15 * a for a, b in zip(fp32, bf16)), (fp32, bf16)
 
 
+@pytest.mark.slow
 def test_compiled_loss_computes_the_eager_loss_and_gradients():
     """torch.compile changes the order of the floating-point operations, nothing else: on the
     same weights and batch the loss and every gradient agree to within the rounding of fp32
@@ -136,6 +137,7 @@ def test_compiled_loss_computes_the_eager_loss_and_gradients():
         assert (compiled_grad - eager).abs().max().item() <= tolerance
 
 
+@pytest.mark.slow
 def test_compiled_training_stays_within_the_spread_of_eager_seeds():
     """Over epochs the rounding differences grow as training amplifies them; the compiled run
     must stay as close to the eager run of its seed as eager runs of other seeds are to it."""
@@ -147,6 +149,7 @@ def test_compiled_training_stays_within_the_spread_of_eager_seeds():
         assert abs(loss - eager[0][epoch]) <= seed_spread, (compiled_run, eager)
 
 
+@pytest.mark.slow
 def test_the_compiled_loss_keeps_a_graph_for_each_batch_size():
     """A smaller batch (the last of an epoch) gets its own graph and leaves the full batches
     on theirs, with sizes known when compiled, rather than moving every batch to one graph

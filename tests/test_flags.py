@@ -1,0 +1,71 @@
+"""No flag of train.py is silently ignored: every model flag, tried with every model and every
+architecture, either changes the model that is built or is refused in one line."""
+import pytest
+import torch
+
+import train
+from model import build_model
+
+# A value other than its default for each flag that shapes the model or its loss ([] for a switch).
+OTHER_VALUES = {
+    'n_layers': ['2'], 'hidden_sizes': ['8', '4'], 'btl_size': ['3'], 'use_dropout': [], 'dropout_p': ['0.1'],
+    'bn_eps': ['1e-3'], 'loss': ['bce'], 'prior': ['vamp'], 'n_pseudo': ['7'], 'iwae_k': ['2'], 'gated': [],
+    'likelihood': ['cbernoulli'], 'kl_weight': ['2'], 'kl_anneal': ['3'], 'activation': ['tanh'], 'tied': [],
+    'noise': ['gaussian'], 'noise_level': ['0.2'], 'l1': ['0.1'], 'sparsity': ['0.05'], 'sparsity_weight': ['2'],
+}
+
+
+def signature(model):
+    """What tells two models apart: their layers (sizes, eps, dropout, activations), the shapes of
+    their tensors and the settings every module holds (noise, weights of the loss terms, ...)."""
+    settings = sorted((name, key, value) for name, module in model.named_modules()
+                      for key, value in vars(module).items()
+                      if not key.startswith('_') and key != 'training' and isinstance(value, (int, float, str, type(None))))
+    shapes = sorted((name, tuple(tensor.shape)) for name, tensor in model.state_dict().items())
+    return repr(model), shapes, settings
+
+
+def parsed(argv, capsys):
+    """train.py's config for argv, or the one line with which it refused them."""
+    try:
+        return train.parse_args(train.define_argparser(), ['--model_fn', 'm.pth', *argv])[0], None
+    except SystemExit as e:
+        assert e.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+        return None, err
+
+
+@pytest.mark.parametrize('model', ['ae', 'vae'])
+@pytest.mark.parametrize('arch', ['mlp', 'conv', 'lstm'])
+def test_every_model_flag_changes_the_model_or_is_refused(model, arch, capsys):
+    base = ['--model', model, '--arch', arch]
+    config, refusal = parsed(base, capsys)
+    assert refusal is None
+    with torch.device('meta'):
+        plain = signature(build_model(config))
+    accepted = 0
+    for flag, values in OTHER_VALUES.items():
+        config, refusal = parsed([*base, f'--{flag}', *values], capsys)
+        if refusal is not None:
+            assert f'--{flag}' in refusal  # the line names the flag
+            continue
+        with torch.device('meta'):
+            assert signature(build_model(config)) != plain, f'--{flag} was accepted with {base} and changed nothing'
+        accepted += 1
+    assert accepted >= 5  # most flags apply to every combination
+
+
+@pytest.mark.parametrize('argv, match', [
+    (['--arch', 'conv', '--n_layers', '3'], '--n_layers sets the depth of --arch mlp'),
+    (['--hidden_sizes', '64', '--n_layers', '3'], '--n_layers is overridden by --hidden_sizes'),
+    (['--dropout_p', '0.5'], '--dropout_p applies to --use_dropout only'),
+    (['--model', 'vae', '--use_dropout', '--n_pseudo', '10'], '--n_pseudo applies to --prior vamp only'),
+    (['--noise_level', '0.5'], '--noise_level sets the level of --noise, which is off'),
+    (['--likelihood', 'bernoulli'], '--likelihood applies to --model vae only'),
+    (['--sparsity_weight', '2'], '--sparsity_weight weighs the --sparsity penalty, which is off'),
+    (['--model', 'vae', '--kl_weight', '0.5', '--iwae_k', '3'], 'no KL term to weigh or warm up'),
+])
+def test_flags_that_the_model_would_ignore_are_refused_by_name(argv, match, capsys):
+    config, refusal = parsed(argv, capsys)
+    assert config is None and match in refusal
