@@ -273,26 +273,3 @@ def noisy_errors(model, images, batch_size=1024):
         x = to_input(batch)
         errors.append(reconstruction_errors(model(model.corrupt(x)), x)[0])
     return torch.cat(errors)
-
-
-def metrics_table(m, knn_k):
-    """The metrics as the table that predict.py prints, the model beside PCA."""
-    rows = [('reconstruction, squared error per image', 'sse_per_image', 'pca_sse_per_image'),
-            ('reconstruction, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image'),
-            (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy')]
-    header = f'test set ({m["n_test"]} images)'
-    lines = [f'{header:<42} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
-    lines += [f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows if ours in m]
-    nats = m.get('nats_of_log_px')
-    singles = [('noisy_sse_per_image', '  the same from noisy inputs', '.4f'),
-               ('code_near_zero', f'code activations with |z| < {NEAR_ZERO}', '.2%'),
-               ('neg_elbo', 'negative ELBO, nats per image' if nats else 'negative ELBO, as a cross-entropy', '.4f'),
-               ('kl', '  of which KL (one z per image)', '.4f'),
-               ('iwae_nll', f'{"-log p(x)" if nats else "cross-entropy"}, IWAE bound, {m.get("iwae_samples")} '
-                            f'samples', '.4f'),
-               ('iwae_nll_std_error', '  its standard error over the images', '.4f'),
-               ('active_units', 'active latent units', 'd')]
-    lines += [f'{label:<42} {m[key]:>10{spec}}' for key, label, spec in singles if key in m]
-    if 'likelihood' in m:
-        lines.append(f'likelihood: {m["likelihood"]}')
-    return '\n'.join(lines)

@@ -17,8 +17,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -34,7 +32,8 @@ from data_loader import (DataError, binarize_once, load_dataset, split_train_val
 from model import build_model
 import train
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
-from utils import ArgumentParser, CliError, get_device, int_at_least, last_line, print_rows, run_cli, set_seed
+from utils import (ArgumentParser, add_gpu_flag, get_device, int_at_least, print_rows, run_cli, run_sibling,
+                   set_seed)
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
 # 784-400-20, Linear + ReLU, no normalisation.
@@ -57,7 +56,7 @@ RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'][0],
 
 def define_argparser():
     p = ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument('--gpu_id', type=int, default=-1, help='CUDA device index, -1 for the CPU (default: %(default)s)')
+    add_gpu_flag(p)
     p.add_argument('--n_epochs', type=int_at_least(2), default=4,
                    help='epochs per timing; the first is warm-up and not counted (default: %(default)s)')
     p.add_argument('--batch_size', type=int_at_least(2), default=256, help='(default: %(default)s)')
@@ -235,14 +234,11 @@ def peak_training_memory_mb(images, n_images, train_flags):
     with tempfile.TemporaryDirectory() as folder:
         write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:n_images, 0].numpy())
         write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(n_images))
-        train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
-        result = subprocess.run([sys.executable, '-c', PEAK_RSS_OF_TRAIN_PY, train_py, '--model_fn',
-                                 os.path.join(folder, 'm.pth'), '--data_dir', folder, '--btl_size', '2',
-                                 '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1', *train_flags],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CliError(f'train.py failed on {n_images} images: {last_line(result.stderr)}')
-        return int(result.stdout.split('peak_rss_kb')[-1]) / 1024
+        printed = run_sibling('train.py', ['--model_fn', os.path.join(folder, 'm.pth'), '--data_dir', folder,
+                                           '--btl_size', '2', '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1',
+                                           *train_flags],
+                              f'train.py failed on {n_images} images', python_args=['-c', PEAK_RSS_OF_TRAIN_PY])
+        return int(printed.split('peak_rss_kb')[-1]) / 1024
 
 
 def nll_speed(images, device, n_images=20, n_samples=5000, rounds=5):

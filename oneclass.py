@@ -12,7 +12,6 @@ finished ones and resumes an interrupted one.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import torch
@@ -24,8 +23,8 @@ from checkpoint import load_checkpoint
 from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid, to_input
 from model import model_from_checkpoint
-from trainer import progress_bar
-from utils import (ArgumentParser, CliError, default_gpu_id, flag_values, get_device, int_at_least, last_line, run_cli,
+from trainer import tqdm_disable
+from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, run_cli, run_sibling,
                    set_seed)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
@@ -90,8 +89,7 @@ def define_argparser():
                    help='where the checkpoints, oneclass.json and oneclass.png go (default: %(default)s)')
     p.add_argument('--overwrite', action='store_true',
                    help='retrain every class even where --out_dir holds a checkpoint of it')
-    p.add_argument('--gpu_id', type=int, default=default_gpu_id(),
-                   help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+    add_gpu_flag(p)
     return p
 
 
@@ -144,11 +142,7 @@ def saved_flags(flags_fn):
 
 
 def run_train(model_fn, *flags):
-    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
-    result = subprocess.run([sys.executable, train_py, '--model_fn', model_fn, '--verbose', '0', *flags],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise CliError(f'{os.path.basename(model_fn)}: {last_line(result.stderr)}')
+    run_sibling('train.py', ['--model_fn', model_fn, '--verbose', '0', *flags], os.path.basename(model_fn))
 
 
 def train_class(args, c, name, train_flags):
@@ -244,7 +238,7 @@ def main(argv=None):
     set_seed(0)  # the IWAE draws
 
     per_class = {}
-    bar = tqdm(classes, desc='classes', unit='class', disable=progress_bar(1, 1))
+    bar = tqdm(classes, desc='classes', unit='class', disable=tqdm_disable(1, 1))
     for c in bar:
         bar.set_postfix_str(f'training {names[c]}')
         model_fn = train_class(args, c, names[c], train_flags)

@@ -18,7 +18,7 @@ from data_loader import (DATASETS, binarize_once, class_names, load_dataset, sel
                          to_input)
 from model import model_from_checkpoint
 from trainer import format_losses
-from utils import ArgumentParser, CliError, default_gpu_id, get_device, int_at_least, run_cli, set_seed
+from utils import ArgumentParser, CliError, add_gpu_flag, get_device, int_at_least, run_cli, set_seed
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves']
 NEEDS_2D_CODE = {'boundary', 'manifold'}
@@ -37,8 +37,7 @@ def define_argparser():
                         'plane; samples: generated images; interp: images between two codes; anomaly: per-image '
                         'scores, the most anomalous images and ROC AUC; metrics: metrics.json and a table beside '
                         'PCA; curves: loss per epoch')
-    p.add_argument('--gpu_id', type=int, default=default_gpu_id(),
-                   help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+    add_gpu_flag(p)
     p.add_argument('--out_dir', default=None,
                    help='folder for the figures and metrics.json (default: MODEL_predict beside the checkpoint)')
     p.add_argument('--overwrite', action='store_true',
@@ -266,7 +265,7 @@ class Report:
             sparse=bool(self.config.get('l1') or self.config.get('sparsity')), noise=bool(self.config.get('noise')),
             batch_size=self.args.batch_size,
             likelihood=self.model.likelihood.describe() if self.model.has_prior else None)}
-        print('\n' + analysis.metrics_table(m, KNN_K))
+        print('\n' + metrics_table(m, KNN_K))
         for warning in below_baseline(m):
             print(f'predict.py: {warning}', file=sys.stderr)
         return [], m
@@ -277,6 +276,29 @@ class Report:
             title += f'; {self.model.likelihood.describe()[0]}'
         fig = figures.loss_curves(self.history, title)
         return [self.save(fig, 'curves.png')], {}
+
+
+def metrics_table(m, knn_k):
+    """The metrics as the table that predict.py prints, the model beside PCA."""
+    rows = [('reconstruction, squared error per image', 'sse_per_image', 'pca_sse_per_image'),
+            ('reconstruction, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image'),
+            (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy')]
+    header = f'test set ({m["n_test"]} images)'
+    lines = [f'{header:<42} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
+    lines += [f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows if ours in m]
+    nats = m.get('nats_of_log_px')
+    singles = [('noisy_sse_per_image', '  the same from noisy inputs', '.4f'),
+               ('code_near_zero', f'code activations with |z| < {analysis.NEAR_ZERO}', '.2%'),
+               ('neg_elbo', 'negative ELBO, nats per image' if nats else 'negative ELBO, as a cross-entropy', '.4f'),
+               ('kl', '  of which KL (one z per image)', '.4f'),
+               ('iwae_nll', f'{"-log p(x)" if nats else "cross-entropy"}, IWAE bound, {m.get("iwae_samples")} '
+                            f'samples', '.4f'),
+               ('iwae_nll_std_error', '  its standard error over the images', '.4f'),
+               ('active_units', 'active latent units', 'd')]
+    lines += [f'{label:<42} {m[key]:>10{spec}}' for key, label, spec in singles if key in m]
+    if 'likelihood' in m:
+        lines.append(f'likelihood: {m["likelihood"]}')
+    return '\n'.join(lines)
 
 
 def below_baseline(m):

@@ -11,16 +11,13 @@ checkpoint stopped (a recipe longer than a sitting resumes), and evaluates it af
 """
 import json
 import os
-import subprocess
-import sys
-import time
 
 from tqdm import tqdm
 
-from trainer import progress_bar
+from trainer import tqdm_disable
 from checkpoint import load_checkpoint
 from config import RECIPES
-from utils import ArgumentParser, CliError, flag_values, int_at_least, last_line, print_rows, run_cli
+from utils import ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, print_rows, run_cli, run_sibling
 
 # Train-time targets, in minutes on 2 CPU cores; the papers' schedule trains for as long as it takes.
 RECIPE_MINUTES = {**{name: 15 for name in ('ae2', 'ae30', 'vae20', 'classic_vae20', 'anomaly')},
@@ -48,7 +45,7 @@ def define_argparser():
                    help='train every recipe from the start, replacing its checkpoint in --recipes_dir (without it, '
                         'a recipe whose checkpoint is there goes on from where it stopped, and one trained with '
                         'other flags stops the run)')
-    p.add_argument('--gpu_id', type=int, default=-1, help='CUDA device index, -1 for the CPU (default: %(default)s)')
+    add_gpu_flag(p)
     p.add_argument('--amp', action='store_true', help='train every recipe with --amp (bf16 autocast)')
     p.add_argument('--compile', action='store_true', help='train every recipe with --compile')
     p.add_argument('--data_dir', default='./data', help='passed to train.py and predict.py (default: %(default)s)')
@@ -57,10 +54,7 @@ def define_argparser():
 
 def run_script(script, *args):
     """Runs train.py or predict.py; the script's own one-line error ends the run."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
-    result = subprocess.run([sys.executable, path, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise CliError(f'{script} {" ".join(args)} failed: {last_line(result.stderr)}')
+    run_sibling(script, args, f'{script} {" ".join(args)} failed')
 
 
 def trained_before(name, model_fn, flags):
@@ -104,7 +98,7 @@ def run_recipes(args):
     os.makedirs(args.recipes_dir, exist_ok=True)
     extra = ['--amp'] * args.amp + ['--compile'] * args.compile
     results = {}
-    for name in tqdm(args.recipes, desc='recipes', unit='recipe', disable=progress_bar(1, 1)):
+    for name in tqdm(args.recipes, desc='recipes', unit='recipe', disable=tqdm_disable(1, 1)):
         flags, what, iw_samples = RECIPES[name]
         model_fn = os.path.join(args.recipes_dir, name + '.pth')
         flags = flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else []) + extra

@@ -18,7 +18,7 @@ from data_loader import (BINARIZE_SEED, DATASETS, binarize_once, class_indices, 
 from distributions import LIKELIHOODS, PRIORS, REGISTRIES, part_options
 from model import ACTIVATIONS, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer, build_optimizer
-from utils import (ArgumentParser, CliError, default_gpu_id, default_to_none, first_line, float_in, get_device,
+from utils import (ArgumentParser, CliError, add_gpu_flag, default_to_none, first_line, float_in, get_device,
                    int_at_least, run_cli, set_seed)
 
 
@@ -35,8 +35,7 @@ def add_part_flags(g):
 def define_argparser():
     p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
     p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
-    p.add_argument('--gpu_id', type=int, default=default_gpu_id(),
-                   help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+    add_gpu_flag(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument('--resume', action='store_true',
                    help=f'continue the run saved in --model_fn with its saved flags; besides --gpu_id and '
@@ -205,7 +204,8 @@ USED_ONLY_IF = {
     'n_layers': lambda c: (f'sets the depth of --arch mlp; --arch {c["arch"]} takes its layers from --hidden_sizes'
                            if c['arch'] != 'mlp' else
                            'is overridden by --hidden_sizes' if c['hidden_sizes'] else None),
-    'tied': lambda c: None if c['arch'] == 'mlp' else f'needs --arch mlp: --arch {c["arch"]} has no Linear mirror to tie',
+    'tied': lambda c: (None if c['arch'] == 'mlp' else
+                       f'needs --arch mlp: --arch {c["arch"]} has no Linear mirror to tie'),
     'activation': lambda c: ('does not apply to --arch lstm (an LSTM has its own gates)' if c['arch'] == 'lstm'
                              else None),
     'noise_level': lambda c: None if c['noise'] else 'sets the level of --noise, which is off',

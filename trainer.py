@@ -132,7 +132,7 @@ def validate(model, images, indices=None, amp=False, loss_fn=None):
         return run_epoch(model, images, VALID_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn)
 
 
-def progress_bar(verbose, level):
+def tqdm_disable(verbose, level):
     """tqdm's disable argument: a bar from this verbosity level on, and only on a terminal
     (None: tqdm leaves it out when the output is a file, so a log holds plain lines)."""
     return None if verbose >= level else True
@@ -190,7 +190,7 @@ class Trainer:
         are given (train.py binarizes them once)."""
         valid_images = images if valid_images is None else valid_images
         # The bar is cleared when training ends: the per-epoch lines are the record.
-        epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=progress_bar(self.verbose, 1),
+        epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=tqdm_disable(self.verbose, 1),
                       leave=False, dynamic_ncols=True)
         with epochs:
             for epoch in epochs:
@@ -226,7 +226,7 @@ class Trainer:
         self.model.set_epoch(epoch)
         self.evaluated.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
-        with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=progress_bar(self.verbose, 2),
+        with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=tqdm_disable(self.verbose, 2),
                   dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
                               should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn,

@@ -3,7 +3,9 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import random
+import subprocess
 import sys
 
 import numpy as np
@@ -74,6 +76,23 @@ def float_in(low, high, low_open=True, high_open=True):
 
 def default_gpu_id():
     return 0 if torch.cuda.is_available() else -1
+
+
+def add_gpu_flag(parser):
+    """The --gpu_id flag, the same in every script."""
+    parser.add_argument('--gpu_id', type=int, default=default_gpu_id(),
+                        help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+
+
+def run_sibling(script, args, failure, python_args=()):
+    """Runs a script of this folder (train.py, predict.py) with args in a Python of its own and
+    returns what it printed; when it fails, its own one-line error (the last line it wrote on
+    stderr) ends the caller as 'failure: that line'."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    result = subprocess.run([sys.executable, *python_args, path, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CliError(f'{failure}: {last_line(result.stderr)}')
+    return result.stdout
 
 
 def get_device(gpu_id):

@@ -20,7 +20,8 @@ def signature(model):
     their tensors and the settings every module holds (noise, weights of the loss terms, ...)."""
     settings = sorted((name, key, value) for name, module in model.named_modules()
                       for key, value in vars(module).items()
-                      if not key.startswith('_') and key != 'training' and isinstance(value, (int, float, str, type(None))))
+                      if not key.startswith('_') and key != 'training'
+                      and isinstance(value, (int, float, str, type(None))))
     shapes = sorted((name, tuple(tensor.shape)) for name, tensor in model.state_dict().items())
     return repr(model), shapes, settings
 

@@ -95,7 +95,7 @@ def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_
     metrics = run_predict(model_fn, tmp_path / 'out', '--what', 'metrics')
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('predict.py: warning')]
     assert metrics['sse_per_image'] > metrics['pca_sse_per_image']
-    assert any(f'reconstructs worse than PCA-3' in line and '--n_epochs' in line for line in err)
+    assert any('reconstructs worse than PCA-3' in line and '--n_epochs' in line for line in err)
     worse_codes = metrics['knn_accuracy'] < metrics['pca_knn_accuracy']
     assert any('5-NN accuracy of the codes is below' in line for line in err) is worse_codes
     assert len(err) == 1 + worse_codes

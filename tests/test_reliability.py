@@ -82,7 +82,8 @@ def test_the_same_seed_on_the_same_machine_gives_identical_checkpoints(model, da
     a = train_in_process('--model_fn', str(tmp_path / 'a.pth'), *common)
     b = train_in_process('--model_fn', str(tmp_path / 'b.pth'), *common)
     c = train_in_process('--model_fn', str(tmp_path / 'c.pth'), *common, '--seed', '2')
-    assert_equal_values(a, b)  # the checkpoint does not hold the name each was given  # weights, optimizer state, history, random number generator states
+    # weights, optimizer state, history, random number generator states; not the name each was given
+    assert_equal_values(a, b)
     assert not torch.equal(a['model']['encoder.0.block.0.weight'], c['model']['encoder.0.block.0.weight'])
 
 
