@@ -217,12 +217,6 @@ def own_losses(scores, has_prior):
     return {f'test_{name}': value for name, value in own.items()}
 
 
-def anomaly_score(scores):
-    """Per image: the reconstruction error, plus for a VAE the KL term (the negative ELBO with
-    one z drawn per image)."""
-    return scores['recon'] + scores.get('kl', 0)
-
-
 @torch.no_grad()
 def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=None, sparse=False, noise=False,
                  batch_size=1024, likelihood=None):

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 import analysis
 import figures
+from anomaly import BASELINES, SCORES, Scorer
 from checkpoint import load_checkpoint
 from config import DEFAULTS, ONECLASS_RECIPE
-from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid, to_input
+from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid
 from model import model_from_checkpoint
 from trainer import tqdm_disable
 from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, run_cli, run_sibling,
@@ -30,26 +31,6 @@ from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_devi
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
 # anomaly detection".
 RECIPE = ONECLASS_RECIPE
-# name -> (what it measures, whether only a VAE can give it); higher is more anomalous.
-SCORES = {
-    'recon': ('reconstruction error, in the image-space loss the model was trained with', False),
-    'neg_elbo': ('negative ELBO, nats', True),
-    'iwae': ('importance-weighted -log p(x), nats', True),
-    'code_gauss': ('-log density of the code under a Gaussian fitted to the training codes', False),
-    'code_knn': ('mean distance to the 5 nearest training codes', False),
-    'feature_gauss': ("-log density of the encoder's last hidden features under a Gaussian fitted to the training "
-                      "images' features", False),
-}
-BASELINES = {
-    'pca_recon': 'squared error of the reconstruction by PCA with as many components as the code',
-    'pixel_knn': 'distance to the nearest training image in pixel space',
-}
-CODE_KNN_K = 5
-# feature_gauss: the share of the features' mean variance added to each variance. Of 0.01 to 3, it
-# gives the held-out normal images the highest likelihood, for every class of the recipe (seeds 1, 2).
-FEATURE_RIDGE = .01
-# feature_gauss: the widest hidden layer whose covariance it fits (8,192 features: 512 MB in float64).
-MAX_FEATURE_WIDTH = 8192
 # Fashion-MNIST, mean AUROC over the ten one-vs-rest splits, % (Golan & El-Yaniv 2018, Table 1,
 # unless another paper is named).
 PUBLISHED = {
@@ -82,7 +63,7 @@ def define_argparser():
     p.add_argument('--model', choices=['ae', 'vae'], default='ae', help='(default: %(default)s)')
     p.add_argument('--scores', nargs='+', choices=list(SCORES), default=None,
                    help='anomaly scores to measure (default: all that the model gives: '
-                        + '; '.join(f'{name}: {what}' for name, (what, _) in SCORES.items()) + ')')
+                        + '; '.join(f'{name}: {score.description}' for name, score in SCORES.items()) + ')')
     p.add_argument('--iw_samples', type=int_at_least(1), default=100,
                    help='VAE: samples per image for neg_elbo and iwae (default: %(default)s)')
     p.add_argument('--out_dir', default='oneclass',
@@ -95,8 +76,8 @@ def define_argparser():
 
 def chosen_scores(args):
     if args.scores is None:
-        return [name for name, (_, needs_vae) in SCORES.items() if args.model == 'vae' or not needs_vae]
-    refused = [name for name in args.scores if SCORES[name][1] and args.model != 'vae']
+        return [name for name, score in SCORES.items() if args.model == 'vae' or not score.needs_vae]
+    refused = [name for name in args.scores if SCORES[name].needs_vae and args.model != 'vae']
     if refused:
         raise CliError(f'--scores {refused[0]}: needs a VAE (--model vae); a plain AutoEncoder has no ELBO')
     return args.scores
@@ -175,31 +156,9 @@ def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device
     config = checkpoint['config']
     model = model_from_checkpoint(checkpoint, model_fn).to(device).eval()
     train_idx, _ = split_train_valid(len(train_images), config['train_ratio'], config['seed'])
-    train_images = train_images[train_idx].to(device)
     test_images, test_labels = (t.to(device) for t in test)
-    is_anomaly = test_labels != normal
-    wanted = set(names)
-    scores = {}
-    if 'recon' in wanted:
-        scores['recon'] = analysis.image_scores(model, test_images)['recon']
-    if wanted & {'neg_elbo', 'iwae'}:
-        scores['neg_elbo'], scores['iwae'] = analysis.variational_bounds(model, test_images, iw_samples)
-    if wanted & {'code_gauss', 'code_knn'}:
-        train_codes, test_codes = (analysis.encode_all(model, images) for images in (train_images, test_images))
-        scores['code_gauss'] = analysis.gaussian_nll(train_codes, test_codes)
-        scores['code_knn'] = analysis.knn_distance(train_codes, test_codes, CODE_KNN_K)
-    if 'feature_gauss' in wanted:
-        width = model.hidden_features(to_input(train_images[:1])).shape[1]
-        if width > MAX_FEATURE_WIDTH:
-            raise CliError(f'--scores feature_gauss: the encoder\'s last hidden layer has {width:,} features, more '
-                           f'than the {MAX_FEATURE_WIDTH:,} whose covariance it fits; choose other --scores or a '
-                           f'smaller --image_size (the trained checkpoints are kept)')
-        train_features, test_features = (analysis.encode_all(model, images, features=True)
-                                         for images in (train_images, test_images))
-        scores['feature_gauss'] = analysis.gaussian_nll(train_features, test_features, FEATURE_RIDGE)
-    scores['pca_recon'] = analysis.pca_baseline(train_images, test_images, config['btl_size'])['sse']
-    scores['pixel_knn'] = analysis.knn_distance(to_input(train_images), to_input(test_images), 1)
-    return {name: analysis.roc_auc(scores[name], is_anomaly) for name in [*names, *BASELINES]}
+    scorer = Scorer(model, train_images[train_idx].to(device), test_images, iw_samples)
+    return {name: analysis.roc_auc(scorer.score(name), test_labels != normal) for name in [*names, *BASELINES]}
 
 
 def results_table(per_class, class_names):
@@ -253,7 +212,8 @@ def main(argv=None):
     means = mean_aurocs(per_class)
     published = PUBLISHED.get(args.dataset, []) if len(classes) == len(labels.unique()) else []
     summary = {'dataset': args.dataset, 'train_flags': recipe_flags(train_flags), 'model': args.model,
-               'scores': {name: SCORES[name][0] for name in scores}, 'baselines': BASELINES,
+               'scores': {name: SCORES[name].description for name in scores},
+               'baselines': {name: score.description for name, score in BASELINES.items()},
                'per_class': {str(c): aurocs for c, aurocs in per_class.items()}, 'mean': means,
                'published_mean_percent': dict(published)}
     json_path = os.path.join(args.out_dir, 'oneclass.json')

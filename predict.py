@@ -11,6 +11,7 @@ import torch
 from torch.distributions import Normal
 
 import analysis
+from anomaly import SCORES, Scorer, scores_of
 import figures
 from checkpoint import check_writable, load_checkpoint
 from config import merge_config
@@ -59,6 +60,10 @@ def define_argparser():
     p.add_argument('--iw_samples', type=int_at_least(1), default=100,
                    help='VAE: samples per image for the importance-weighted estimate of -log p(x) '
                         '(default: %(default)s)')
+    p.add_argument('--anomaly_score', choices=list(SCORES), default=None,
+                   help='--what anomaly: the score of each test image, as oneclass.py scores it (default: neg_elbo '
+                        'for a VAE, recon for an AutoEncoder): ' +
+                        '; '.join(f'{name}: {score.description}' for name, score in SCORES.items()))
     p.add_argument('--seed', type=int, default=0, help='seeds samples and the IWAE estimate (default: %(default)s)')
     return p
 
@@ -235,10 +240,12 @@ class Report:
         return ends
 
     def anomaly(self):
-        score = analysis.anomaly_score(self.all_scores)
+        name = self.args.anomaly_score or ('neg_elbo' if self.model.has_prior else 'recon')
+        score = Scorer(self.model, self.train_set[0], self.all_images, self.args.iw_samples).score(name).cpu()
         labels = self.all_labels.cpu()
-        what = ('negative ELBO, one z drawn per image' if self.model.has_prior else 'reconstruction error')
-        title, measured = 'anomaly scores of the test images by class', {}
+        what = f'{name}: {SCORES[name].description}'
+        print(f'anomaly score: {what}')
+        title, measured = 'anomaly scores of the test images by class', {'anomaly_score': name}
         if self.config['target_labels']:
             is_anomaly = ~torch.isin(labels, torch.tensor(self.config['target_labels']))
             measured['anomaly_roc_auc'] = analysis.roc_auc(score, is_anomaly)
@@ -348,6 +355,8 @@ def main(argv=None):
         if w in NEEDS_LABELS and not labelled:
             raise CliError(f'--what {w} needs classes; the data set has none (a folder of images without class '
                            f'folders)')
+    if args.anomaly_score and args.anomaly_score not in scores_of(model):
+        raise CliError(f'--anomaly_score {args.anomaly_score}: needs a VAE; this model is an AutoEncoder')
     if not args.what and not labelled:
         print(f'skipped what needs classes, which this data set has not: kNN accuracy'
               f'{"".join(", " + w for w in NEEDS_LABELS if btl_size == 2)}')

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import analysis
+import anomaly
 import oneclass
 from data_loader import write_idx
 from helpers import expect_usage_error, make_images, without_times, write_dataset
@@ -122,7 +123,7 @@ def test_bad_input_stops_before_any_training(flags, match, fashion_dir, tmp_path
 
 def test_a_hidden_layer_too_wide_for_feature_gauss_is_one_line_and_keeps_the_checkpoint(fashion_dir, tmp_path, capsys,
                                                                                         monkeypatch):
-    monkeypatch.setattr(oneclass, 'MAX_FEATURE_WIDTH', 31)  # FAST's last hidden layer has 32 units
+    monkeypatch.setattr(anomaly, 'MAX_FEATURE_WIDTH', 31)  # FAST's last hidden layer has 32 units
     expect_usage_error(oneclass.main, 'oneclass.py', ['--data_dir', fashion_dir, '--out_dir', str(tmp_path / 'o'),
                                                       '--classes', '0', *FAST], capsys,
                        "--scores feature_gauss: the encoder's last hidden layer has 32 features")

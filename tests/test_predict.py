@@ -66,6 +66,17 @@ def test_metrics_cover_the_trained_classes_and_anomaly_all(models, tmp_path):
     assert 'anomaly_roc_auc' in metrics
 
 
+def test_the_anomaly_figure_takes_any_score_of_the_one_class_protocol_and_names_it(models, tmp_path, capsys):
+    metrics = run_predict(models['vae2'], tmp_path / 'vae', '--what', 'anomaly', '--anomaly_score', 'code_gauss')
+    assert metrics['anomaly_score'] == 'code_gauss' and 0 <= metrics['anomaly_roc_auc'] <= 1
+    assert 'anomaly score: code_gauss: -log density of the code' in capsys.readouterr().out
+    assert run_predict(models['ae3'], tmp_path / 'ae', '--what', 'anomaly')['anomaly_score'] == 'recon'
+    expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path / 'x'),
+                                                    '--what', 'anomaly', '--anomaly_score', 'iwae'], capsys,
+                       '--anomaly_score iwae: needs a VAE')
+    assert not (tmp_path / 'x').exists()
+
+
 def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path):
     metrics = run_predict(models['ae3'], tmp_path)
     written = set(os.listdir(tmp_path))

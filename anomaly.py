@@ -1,0 +1,87 @@
+"""Anomaly scores: for each test image a number that is higher the less the image is like the
+training images. Each score is one line of SCORES (a baseline that needs no model, one line of
+BASELINES); oneclass.py and predict.py's anomaly figure and ROC AUC read the same registry."""
+from functools import cached_property
+from typing import Callable, NamedTuple
+
+import torch
+
+import analysis
+from data_loader import to_input
+from utils import CliError
+
+CODE_KNN_K = 5
+# feature_gauss: the share of the features' mean variance added to each variance. Of 0.01 to 3, it
+# gives the held-out normal images the highest likelihood, for every class of the one-class recipe.
+FEATURE_RIDGE = .01
+# feature_gauss: the widest hidden layer whose covariance it fits (8,192 features: 512 MB in float64).
+MAX_FEATURE_WIDTH = 8192
+
+
+class Scorer:
+    """One model's training and test images (uint8, on the model's device), and what the scores
+    share, each computed once when a score first needs it: the model's own losses, its variational
+    bounds, its codes and its last hidden features."""
+
+    def __init__(self, model, train_images, test_images, iw_samples=100):
+        self.model, self.train_images, self.test_images, self.iw_samples = model, train_images, test_images, iw_samples
+
+    @cached_property
+    def losses(self):
+        return analysis.image_scores(self.model, self.test_images)
+
+    @cached_property
+    def bounds(self):
+        """Per test image: the negative ELBO and the importance-weighted -log p(x) bound."""
+        return analysis.variational_bounds(self.model, self.test_images, self.iw_samples)
+
+    @cached_property
+    def codes(self):
+        return tuple(analysis.encode_all(self.model, images) for images in (self.train_images, self.test_images))
+
+    @cached_property
+    def features(self):
+        width = self.model.hidden_features(to_input(self.train_images[:1])).shape[1]
+        if width > MAX_FEATURE_WIDTH:
+            raise CliError(f'--scores feature_gauss: the encoder\'s last hidden layer has {width:,} features, more '
+                           f'than the {MAX_FEATURE_WIDTH:,} whose covariance it fits; choose other --scores or a '
+                           f'smaller --image_size (the trained checkpoints are kept)')
+        return tuple(analysis.encode_all(self.model, images, features=True)
+                     for images in (self.train_images, self.test_images))
+
+    @torch.no_grad()
+    def score(self, name):
+        """The per-image scores of the test images under SCORES[name] or BASELINES[name]."""
+        return {**SCORES, **BASELINES}[name].compute(self)
+
+
+class Score(NamedTuple):
+    description: str
+    needs_vae: bool
+    compute: Callable[[Scorer], torch.Tensor]
+
+
+SCORES = {
+    'recon': Score('reconstruction error, in the image-space loss the model was trained with', False,
+                   lambda s: s.losses['recon']),
+    'neg_elbo': Score('negative ELBO, nats', True, lambda s: s.bounds[0]),
+    'iwae': Score('importance-weighted -log p(x), nats', True, lambda s: s.bounds[1]),
+    'code_gauss': Score('-log density of the code under a Gaussian fitted to the training codes', False,
+                        lambda s: analysis.gaussian_nll(*s.codes)),
+    'code_knn': Score(f'mean distance to the {CODE_KNN_K} nearest training codes', False,
+                      lambda s: analysis.knn_distance(*s.codes, CODE_KNN_K)),
+    'feature_gauss': Score("-log density of the encoder's last hidden features under a Gaussian fitted to the "
+                           "training images' features", False,
+                           lambda s: analysis.gaussian_nll(*s.features, FEATURE_RIDGE)),
+}
+BASELINES = {
+    'pca_recon': Score('squared error of the reconstruction by PCA with as many components as the code', False,
+                       lambda s: analysis.pca_baseline(s.train_images, s.test_images, s.model.btl_size)['sse']),
+    'pixel_knn': Score('distance to the nearest training image in pixel space', False,
+                       lambda s: analysis.knn_distance(to_input(s.train_images), to_input(s.test_images), 1)),
+}
+
+
+def scores_of(model):
+    """The scores that this model can give."""
+    return [name for name, score in SCORES.items() if model.has_prior or not score.needs_vae]
