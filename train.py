@@ -32,18 +32,8 @@ def add_part_flags(g):
         g.add_argument(f'--{option}', type=type_, help=f'--{kind} {name}: {help_} (default: %(default)s)')
 
 
-def define_argparser():
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
-    p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
-    add_gpu_flag(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument('--resume', action='store_true',
-                   help=f'continue the run saved in --model_fn with its saved flags; besides --gpu_id and '
-                        f'--verbose, only these may be given with it: {resumable_flags()}')
-    g.add_argument('--overwrite', action='store_true',
-                   help='start a new run even though --model_fn exists, replacing it (without --resume or '
-                        '--overwrite an existing file is never touched)')
-
+def add_model_flags(p):
+    """The flags of the network and of its loss."""
     g = p.add_argument_group('model')
     g.add_argument('--model', choices=['ae', 'vae'],
                    help='ae: deterministic AutoEncoder; vae: variational autoencoder (default: %(default)s)')
@@ -87,6 +77,9 @@ def define_argparser():
     g.add_argument('--tied', action='store_true',
                    help='--arch mlp: each decoder Linear uses the transposed weight of its mirror encoder Linear')
 
+
+def add_regularizer_flags(p):
+    """Denoising and sparse codes."""
     g = p.add_argument_group('regularizers')
     g.add_argument('--noise', choices=['gaussian', 'masking', 'salt_pepper'],
                    help='denoising: corrupt the training inputs afresh each batch; the loss compares with the '
@@ -102,6 +95,9 @@ def define_argparser():
     g.add_argument('--sparsity_weight', type=float_in(0, float('inf'), low_open=False),
                    help='BETA, the weight of the --sparsity penalty (default: %(default)s)')
 
+
+def add_training_flags(p):
+    """The optimisation and the run."""
     g = p.add_argument_group('training')
     g.add_argument('--n_epochs', type=int_at_least(1),
                    help='epochs to train (default: %(default)s, or on a small data set as many as --min_steps '
@@ -140,6 +136,9 @@ def define_argparser():
                    help='0: silent; 1: a short summary and one line per epoch; 2: the model, the optimizer and a '
                         'per-step progress bar too (progress bars only on a terminal) (default: %(default)s)')
 
+
+def add_data_flags(p):
+    """What the model is trained on."""
     g = p.add_argument_group('data')
     g.add_argument('--dataset', choices=list(DATASETS),
                    help='folder: your own images in --data_dir, in class folders or not (default: %(default)s)')
@@ -160,6 +159,20 @@ def define_argparser():
                    help='convert every image to gray (1) or colour (3) (default: keep them as they are, which '
                         'must then be the same kind for all images)')
 
+
+def define_argparser():
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
+    p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
+    add_gpu_flag(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--resume', action='store_true',
+                   help=f'continue the run saved in --model_fn with its saved flags; besides --gpu_id and '
+                        f'--verbose, only these may be given with it: {resumable_flags()}')
+    g.add_argument('--overwrite', action='store_true',
+                   help='start a new run even though --model_fn exists, replacing it (without --resume or '
+                        '--overwrite an existing file is never touched)')
+    for add_flags in (add_model_flags, add_regularizer_flags, add_training_flags, add_data_flags):
+        add_flags(p)
     return default_to_none(p, DEFAULTS)
 
 
@@ -293,6 +306,30 @@ def check_code_size(config):
                        f'--sparsity')
 
 
+def training_data(config, given, resuming):
+    """The whole training set as uint8 images, its train and valid indices, and the images to validate
+    on (binarized once with --binarize: the training batches are drawn afresh each time by the Trainer,
+    the valid images once, so that every epoch and every run is scored on the same binary images).
+    Completes config from the data: the image shape, the class indices and, for a new run, the
+    length that the flags leave out."""
+    images, labels = load_dataset(config['dataset'], config['data_dir'], True, image_size=config['image_size'],
+                                  channels=config['channels'])
+    if config['target_labels'] and not resuming:
+        config['target_labels'] = class_indices(config['target_labels'], class_names(config['dataset'],
+                                                                                     config['data_dir']))
+    images, labels = select_labels(images, labels, config['target_labels'])
+    train_indices, valid_indices = split_train_valid(len(images), config['train_ratio'], config['seed'])
+    if resuming and list(images.shape[1:]) != list(config['image_shape']):
+        raise CliError(f'{config["model_fn"]} was trained on images of {shape_text(config["image_shape"])}; '
+                       f'--data_dir {config["data_dir"]} gives {shape_text(images.shape[1:])}')
+    config['image_shape'] = list(images.shape[1:])
+    check_code_size(config)
+    if not resuming:
+        check_learnable(images[train_indices])
+        fit_length(config, given, len(train_indices))
+    return images, train_indices, valid_indices, binarize_once(images) if config['binarize'] else images
+
+
 def main(argv=None):
     # Arguments: the flags, or with --resume the flags saved in the checkpoint.
     argv = sys.argv[1:] if argv is None else argv
@@ -306,25 +343,7 @@ def main(argv=None):
     check_writable(model_fn)
     set_seed(config['seed'])
 
-    # Data: the whole training set on the device as uint8, split into train and valid indices.
-    images, labels = load_dataset(config['dataset'], config['data_dir'], True, image_size=config['image_size'],
-                                  channels=config['channels'])
-    if config['target_labels'] and not checkpoint:
-        config['target_labels'] = class_indices(config['target_labels'], class_names(config['dataset'],
-                                                                                     config['data_dir']))
-    images, labels = select_labels(images, labels, config['target_labels'])
-    train_indices, valid_indices = split_train_valid(len(images), config['train_ratio'], config['seed'])
-    if checkpoint and list(images.shape[1:]) != list(config['image_shape']):
-        raise CliError(f'{model_fn} was trained on images of {shape_text(config["image_shape"])}; --data_dir '
-                       f'{config["data_dir"]} gives {shape_text(images.shape[1:])}')
-    config['image_shape'] = list(images.shape[1:])
-    check_code_size(config)
-    if not checkpoint:
-        check_learnable(images[train_indices])
-        fit_length(config, given, len(train_indices))
-    # With --binarize the training batches are drawn afresh each time (the Trainer); the valid
-    # images once, here, so that every epoch and every run is scored on the same binary images.
-    valid_images = binarize_once(images) if config['binarize'] else images
+    images, train_indices, valid_indices, valid_images = training_data(config, given, resuming=checkpoint is not None)
 
     # Model and optimizer, fresh or as the checkpoint left them.
     model = (model_from_checkpoint(checkpoint, model_fn) if checkpoint else build_model(config)).to(device)
@@ -366,15 +385,20 @@ def main(argv=None):
              f'{saved_so_far(trainer.history, model_fn)}; resume with: python train.py --model_fn {model_fn} '
              f'--resume', 128 + trainer.stop_requested)
 
-    # Save: the file already holds the best epoch; say what it is.
-    stopped_early = len(trainer.history) < config['n_epochs']
-    if verbose >= 1 and stopped_early:
-        print(f'stopped early: no better valid loss in the last {config["patience"]} epochs')
-    warning = None if stopped_early else too_few_steps(config, len(train_indices), len(trainer.history))
-    if verbose >= 1 and warning:
-        print(warning)
     if verbose >= 1:
-        print(f'saved {model_fn} ({saved_so_far(trainer.history, model_fn)})')
+        print(ending(config, trainer.history, len(train_indices)))
+
+
+def ending(config, history, n_train):
+    """What a finished run says: why it stopped if early, whether it took too few steps, and what
+    the file holds (the best epoch)."""
+    lines = []
+    if len(history) < config['n_epochs']:
+        lines.append(f'stopped early: no better valid loss in the last {config["patience"]} epochs')
+    else:
+        lines.append(too_few_steps(config, n_train, len(history)))
+    lines.append(f'saved {config["model_fn"]} ({saved_so_far(history, config["model_fn"])})')
+    return '\n'.join(line for line in lines if line)
 
 
 def summary(config, model, device, n_train, n_valid, n_done):
