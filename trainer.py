@@ -55,7 +55,8 @@ class WeightAverage:
         self.targets, self.sources = averaged_tensors(self.model), averaged_tensors(model)
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self):
+        """One step of the average toward the weights, after an update of the trained model."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_(self.targets, self.sources, 1 - decay)
@@ -112,7 +113,7 @@ def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=
                 loss.backward()
                 optimizer.step()
                 if average is not None:
-                    average.update(model)
+                    average.update()
             # Sums stay on the device: no synchronisation for them.
             for name, value in {'loss': loss, **parts}.items():
                 totals[name] = totals.get(name, 0.) + value.detach() * len(idx)

@@ -170,7 +170,7 @@ def test_the_weight_average_follows_the_weights_by_its_warming_decay():
     for n, w in enumerate([5., 3., 1.], start=1):
         expected = average.model.w.item()
         model.w.data.fill_(w)
-        average.update(model)
+        average.update()
         decay = min(.9, (1 + n) / (10 + n))
         assert average.model.w.item() == pytest.approx(decay * expected + (1 - decay) * w)
     assert model.w.item() == 1.  # the trained weights are left as they are
