@@ -208,13 +208,21 @@ def central_box(codes, share=.99, margin=.05):
 
 
 def own_losses(scores, has_prior):
-    """The model's own loss and its parts per image, named for what they are. A VAE's are the
-    two terms of its negative ELBO with one z drawn per image: recon, -log p(x|z), and kl
-    (neg_elbo, from many draws, is the estimate to quote)."""
+    """The model's own loss and its parts per image, each number once and named for what it is.
+    A VAE's are the two terms of its negative ELBO with one z drawn per image: recon_at_drawn_z,
+    -log p(x|z), and kl (neg_elbo, from many draws, is the estimate to quote). An AutoEncoder's
+    are its reconstruction error and penalties, and their sum as loss where it has a penalty."""
     own = {name: value for name, value in scores.items() if name not in ('sse', 'bce')}
     if has_prior:
-        return {'recon': own['recon'], 'kl': own['kl']}
-    return {f'test_{name}': value for name, value in own.items()}
+        return {'recon_at_drawn_z': own['recon'], 'kl': own['kl']}
+    loss = own.pop('loss')
+    return {'loss': loss, **own} if len(own) > 1 else own
+
+
+def iwae_key(nats_of_log_px):
+    """The metrics' name of the importance-weighted bound: an estimate of -log p(x) (nll) only where
+    the likelihood is a density of the data, else a cross-entropy."""
+    return 'iwae_nll' if nats_of_log_px else 'iwae_cross_entropy'
 
 
 @torch.no_grad()
@@ -252,8 +260,8 @@ def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=No
         neg_elbo, neg_iwae = variational_bounds(model, test_images, iw_samples, progress=True)
         m.update({'likelihood': likelihood[0], 'nats_of_log_px': likelihood[1], 'neg_elbo': neg_elbo.mean().item(),
                   'active_units': active_units(test_codes), 'iwae_samples': iw_samples,
-                  'iwae_nll': neg_iwae.mean().item(),
-                  'iwae_nll_std_error': (neg_iwae.std() / math.sqrt(len(neg_iwae))).item()})
+                  iwae_key(likelihood[1]): neg_iwae.mean().item(),
+                  iwae_key(likelihood[1]) + '_std_error': (neg_iwae.std() / math.sqrt(len(neg_iwae))).item()})
     return m
 
 

@@ -19,12 +19,19 @@ MAX_FEATURE_WIDTH = 8192
 
 
 class Scorer:
-    """One model's training and test images (uint8, on the model's device), and what the scores
-    share, each computed once when a score first needs it: the model's own losses, its variational
-    bounds, its codes and its last hidden features."""
+    """One model's test images and training images (uint8, on the model's device), and what the
+    scores share, each computed once when a score first needs it: the model's own losses, its
+    variational bounds, its codes and its last hidden features. The training images are loaded by
+    load_train_images only for a score that compares with them, so that scoring by the model alone
+    works on a data set of test images only."""
 
-    def __init__(self, model, train_images, test_images, iw_samples=100):
-        self.model, self.train_images, self.test_images, self.iw_samples = model, train_images, test_images, iw_samples
+    def __init__(self, model, load_train_images, test_images, iw_samples=100):
+        self.model, self.load_train_images, self.test_images = model, load_train_images, test_images
+        self.iw_samples = iw_samples
+
+    @cached_property
+    def train_images(self):
+        return self.load_train_images()
 
     @cached_property
     def losses(self):
@@ -64,8 +71,10 @@ class Score(NamedTuple):
 SCORES = {
     'recon': Score('reconstruction error, in the image-space loss the model was trained with', False,
                    lambda s: s.losses['recon']),
-    'neg_elbo': Score('negative ELBO, nats', True, lambda s: s.bounds[0]),
-    'iwae': Score('importance-weighted -log p(x), nats', True, lambda s: s.bounds[1]),
+    'neg_elbo': Score('negative ELBO (nats only for binary pixels or a density of the pixels)', True,
+                      lambda s: s.bounds[0]),
+    'iwae': Score('importance-weighted bound on -log p(x) (nats only for binary pixels or a density of the pixels)',
+                  True, lambda s: s.bounds[1]),
     'code_gauss': Score('-log density of the code under a Gaussian fitted to the training codes', False,
                         lambda s: analysis.gaussian_nll(*s.codes)),
     'code_knn': Score(f'mean distance to the {CODE_KNN_K} nearest training codes', False,

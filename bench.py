@@ -37,7 +37,7 @@ from utils import (ArgumentParser, add_gpu_flag, get_device, int_at_least, print
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
 # 784-400-20, Linear + ReLU, no normalisation.
-AE = make_config(btl_size=2, loss='mse', n_epochs=1)
+AE = make_config(btl_size=2, likelihood='mse', n_epochs=1)
 VAE = make_config(model='vae', hidden_sizes=[400], btl_size=20, use_dropout=True, dropout_p=0., n_epochs=1)
 # The VAE of the binarized-data likelihood tables (Tomczak and Welling 2018; Norouzi et al. 2020):
 # 784-300-300-40, gated hidden layers.

@@ -6,7 +6,7 @@ here (every flag that came later defaults to what those checkpoints were made wi
 recipes of docs/results.md and of the one-class protocol are here too, as train.py's flags, for
 recipes.py, oneclass.py and bench.py alike.
 """
-from distributions import part_options
+from distributions import DEFAULT_LIKELIHOOD, part_options
 
 MODEL = dict(
     model='ae',          # 'ae' or 'vae'
@@ -20,10 +20,9 @@ MODEL = dict(
     activation='relu',
     tied=False,
     gated=False,         # --arch mlp: hidden layers of gated units, h = (W1 x) * sigmoid(W2 x)
-    loss=None,           # AutoEncoder: 'mse' or 'bce'; None is 'mse' (the VAE is always Bernoulli)
+    likelihood=None,     # the decoder's distribution, a name of distributions.LIKELIHOODS; None: the model's own
     kl_weight=1.,
     kl_anneal=0,
-    likelihood='bernoulli',  # VAE: a name of distributions.LIKELIHOODS
     prior='normal',      # VAE: a name of distributions.PRIORS, N(0, I) by default
     iwae_k=1,            # VAE: train on the importance-weighted bound with this many samples (1: the ELBO)
     noise=None,          # 'gaussian', 'masking' or 'salt_pepper'
@@ -113,6 +112,22 @@ def make_config(**changes):
 
 def merge_config(flags, saved=None):
     """The config of a run: the defaults, under the config saved in a checkpoint (when resuming or
-    reading an older checkpoint), under the flags given (a flag that is None was not given)."""
+    reading an older checkpoint), under the flags given (a flag that is None was not given); a
+    likelihood left out is the model's own (DEFAULT_LIKELIHOOD)."""
     given = {name: value for name, value in flags.items() if name in DEFAULTS and value is not None}
-    return {**DEFAULTS, **(saved or {}), **given}
+    config = {**DEFAULTS, **upgraded(saved or {}), **given}
+    if config['likelihood'] is None:
+        config['likelihood'] = DEFAULT_LIKELIHOOD[config['model']]
+    return config
+
+
+def upgraded(saved):
+    """A config saved by older code in today's keys: the AutoEncoder's loss, 'mse' (or None) or 'bce',
+    is its likelihood, 'mse' or 'bernoulli' (its saved likelihood was the VAE's default, unused)."""
+    if 'loss' not in saved:
+        return saved
+    saved = dict(saved)
+    loss = saved.pop('loss')
+    if saved.get('model', 'ae') == 'ae':
+        saved['likelihood'] = 'bernoulli' if loss == 'bce' else 'mse'
+    return saved

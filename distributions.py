@@ -1,4 +1,5 @@
-"""The VAE's parts: priors p(z) over codes and likelihoods p(x|z) of pixels.
+"""The models' parts: the VAE's priors p(z) over codes, and the likelihoods p(x|z) of pixels, the
+decoder's distribution of the AutoEncoder and the VAE alike.
 
 Each part is one class and one line in its registry, PRIORS or LIKELIHOODS; train.py's --prior and
 --likelihood flags, their --help, the flags of a part's own options (OPTIONS), the rules that refuse
@@ -158,16 +159,35 @@ def product_chunk(n):
 
 
 class Likelihood(nn.Module):
-    """p(x|z) of independent pixels, from the decoder's output l (one value per pixel). log_prob
-    sums over the pixels; x broadcasts against l (one image for many samples of z). describe() is
-    (what the nats are, whether they are -log p(x) of a normalised likelihood). binary: whether the
-    pixels are binary (train.py --binarize)."""
+    """The decoder's distribution p(x|z) of independent pixels, from the decoder's output l (one
+    value per pixel), for the AutoEncoder (its reconstruction loss is -log_prob) and the VAE alike.
+    log_prob sums over the pixels; x broadcasts against l (one image for many samples of z). mean(l)
+    is the image shown. describe() is (what the nats are, whether they are -log p(x) of a
+    normalised likelihood). binary: whether the pixels are binary (train.py --binarize)."""
     OPTIONS = {}
     takes_binary_pixels = False
 
     def __init__(self, input_size, binary):
         super().__init__()
         self.binary = binary
+
+
+class SquaredError(Likelihood):
+    """The squared error summed over the pixels, the decoder's output the image itself: minus the
+    log-density of a Gaussian of variance 1/2 per pixel without its constant, so not nats of
+    -log p(x)."""
+    help = 'squared error summed over the pixels (a Gaussian of fixed variance without its constant)'
+    takes_binary_pixels = True  # a loss of any pixels, which claims no density
+
+    def describe(self):
+        return 'squared error of pixel intensities: a Gaussian of fixed variance without its constant, not nats', False
+
+    def mean(self, out):
+        return out
+
+    def log_prob(self, out, x):
+        # mse_loss, not (out - x).pow(2): one fused kernel in the backward instead of several (docs/performance.md)
+        return -F.mse_loss(out, x.expand_as(out), reduction='none').sum(-1)
 
 
 class Bernoulli(Likelihood):
@@ -240,7 +260,9 @@ class Gaussian(Likelihood):
 
 
 PRIORS = {'normal': NormalPrior, 'vamp': VampPrior, 'mog': MixturePrior}
-LIKELIHOODS = {'bernoulli': Bernoulli, 'cbernoulli': ContinuousBernoulli, 'gaussian': Gaussian}
+LIKELIHOODS = {'mse': SquaredError, 'bernoulli': Bernoulli, 'cbernoulli': ContinuousBernoulli, 'gaussian': Gaussian}
+# The decoder's distribution when --likelihood is left out.
+DEFAULT_LIKELIHOOD = {'ae': 'mse', 'vae': 'bernoulli'}
 REGISTRIES = {'prior': PRIORS, 'likelihood': LIKELIHOODS}
 
 

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 CLASSES_BESIDE = 12  # more classes go in a legend below the plot
+CLASSES_OVERLAID = 4  # more classes' histograms go in a small plot each
+CHANCE_PERCENT = 50  # the ROC AUC of a random score
 LEGEND_COLUMNS_BELOW = 3
 
 
@@ -152,18 +154,39 @@ def decoded_grid(images, axis, title):
 
 
 def histograms_by_class(values, labels, class_names, xlabel, title):
-    """The density of values for each class, as outlines over shared bins."""
+    """The density of values for each class over shared bins: outlines on one plot for a few
+    classes; for more, a small plot per class (its density filled, all test images' outlined in
+    gray behind it), so that ten outlines do not tangle."""
     values, labels = values.cpu(), labels.cpu()
     upper = values.quantile(.995).item()  # a few extreme values would squash the rest
     bins = [values.min().item() + (upper - values.min().item()) * i / 60 for i in range(61)]
-    fig, ax = plt.subplots(figsize=(9, 5), layout='constrained')
-    for c in labels.unique().tolist():
-        ax.hist(values[labels == c].numpy(), bins=bins, histtype='step', linewidth=1.5,
-                color=class_color(c, len(class_names)), label=class_names[c], density=True)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel('density')
-    ax.set_title(wrapped(title, fig))
-    class_legend(fig, ax)
+    classes = labels.unique().tolist()
+    if len(classes) <= CLASSES_OVERLAID:
+        fig, ax = plt.subplots(figsize=(9, 5), layout='constrained')
+        for c in classes:
+            ax.hist(values[labels == c].numpy(), bins=bins, histtype='step', linewidth=1.5,
+                    color=class_color(c, len(class_names)), label=class_names[c], density=True)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('density')
+        class_legend(fig, ax)
+    else:
+        n_cols = min(5, len(classes))
+        n_rows = math.ceil(len(classes) / n_cols)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols + .6, 1.9 * n_rows + 1.2), sharex=True,
+                                 squeeze=False, layout='constrained')
+        for ax, c in zip(axes.flat, classes):
+            ax.hist(values.numpy(), bins=bins, histtype='step', color='gray', linewidth=.8, density=True)
+            ax.hist(values[labels == c].numpy(), bins=bins, histtype='stepfilled', alpha=.7,
+                    color=class_color(c, len(class_names)),
+                    density=True)
+            ax.set_yticks([])
+            ax.text(.97, .95, textwrap.shorten(class_names[c], 24, placeholder='..'), transform=ax.transAxes,
+                    ha='right', va='top', fontsize=8)
+        for ax in axes.flat[len(classes):]:
+            ax.axis('off')
+        fig.supxlabel(f'{xlabel}; gray: all test images')
+        fig.supylabel('density')
+    fig.suptitle(wrapped(title, fig))
     return fig
 
 
@@ -179,12 +202,11 @@ def loss_curves(history, title):
             ax.plot(epochs, [h[f'{split}_{part}'] for h in history], style, marker='.', label=split)
         ax.set_xlabel('epoch')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(f'{part} per image')
+        ax.set_ylabel(f'{part} per image (log scale)')
         ax.set_yscale('log')  # the first epochs fall steeply; later ones still show
         # Plain numbers (20, 60), not 2 x 10^1, on the major and the labelled minor ticks.
         for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, .5)))
-        ax.set_title(part)
         ax.legend()
     fig.suptitle(wrapped(title, fig))
     return fig
@@ -203,19 +225,20 @@ def auroc_by_class(per_class, class_names, baselines, published, title):
                   rotation=45, ha='right')
     ax.set_xlabel('normal class')
     ax.set_ylabel('ROC AUC, %')
+    ax.axhline(50, color='gray', linewidth=.8, linestyle=':')
     ax.legend(fontsize=8)
-    ax.set_title('per class')
     rows = [(name, 100 * sum(per_class[c][name] for c in classes) / len(classes), plt.cm.tab10(i % 10))
             for i, name in enumerate(names)]
     rows += [(textwrap.shorten(name, 40, placeholder='..'), percent, 'lightgray') for name, percent in published]
     rows.sort(key=lambda row: row[1])
-    means_ax.barh(range(len(rows)), [row[1] for row in rows], color=[row[2] for row in rows])
+    # Bars start at chance, 50%: their lengths are what each score adds to a coin toss.
+    means_ax.barh(range(len(rows)), [row[1] - CHANCE_PERCENT for row in rows], left=CHANCE_PERCENT,
+                  color=[row[2] for row in rows])
     means_ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
     for y, (_, percent, _) in enumerate(rows):
-        means_ax.text(percent, y, f' {percent:.1f}', va='center', fontsize=8)
+        means_ax.text(max(percent, CHANCE_PERCENT), y, f' {percent:.1f}', va='center', fontsize=8)
     low = min(row[1] for row in rows)
-    means_ax.set_xlim(max(0, low - 5), 104)  # room for the labels of bars near 100
-    means_ax.set_xlabel('mean ROC AUC, %' + (' (gray: published)' if published else ''))
-    means_ax.set_title('mean over the classes')
+    means_ax.set_xlim(min(CHANCE_PERCENT, low - 5), 104)  # room for the labels of bars near 100
+    means_ax.set_xlabel('mean ROC AUC, %, from chance (50)' + ('; gray: published' if published else ''))
     fig.suptitle(wrapped(title, fig))
     return fig

@@ -8,6 +8,7 @@ Trainer and predict.py use:
     set_epoch(epoch)        told by the Trainer before each epoch (the VAE's KL warm-up uses it)
 """
 import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -243,15 +244,17 @@ class Codec(nn.Module):
 
 
 class AutoEncoder(Codec):
-    """A deterministic autoencoder. With loss='bce' the decoder outputs logits of a Bernoulli
-    per pixel and decode() applies the sigmoid; with loss='mse' it outputs pixels directly.
-    l1 and sparsity add penalties on the code; with sparsity the code passes through a
-    sigmoid, so that the mean activation of a code unit is a probability."""
+    """A deterministic autoencoder. Its reconstruction error is -log p(x|x_hat) under the
+    decoder's distribution, a part of distributions.py (LIKELIHOODS): the squared error by default,
+    whose decoder outputs the pixels; with a Bernoulli the decoder outputs logits and decode()
+    gives their sigmoid. l1 and sparsity add penalties on the code; with sparsity the code passes
+    through a sigmoid, so that the mean activation of a code unit is a probability."""
     has_prior = False  # no distribution over codes to sample from
 
-    def __init__(self, encoder, decoder, btl_size, loss='mse', l1=0., sparsity=None, sparsity_weight=1., **codec):
+    def __init__(self, encoder, decoder, btl_size, likelihood, l1=0., sparsity=None, sparsity_weight=1., **codec):
         super().__init__(encoder, decoder, btl_size, **codec)
-        self.loss_type, self.l1, self.sparsity, self.sparsity_weight = loss, l1, sparsity, sparsity_weight
+        self.likelihood = likelihood
+        self.l1, self.sparsity, self.sparsity_weight = l1, sparsity, sparsity_weight
 
     def encode(self, x):
         # |x| = (batch_size, input_size)
@@ -260,18 +263,12 @@ class AutoEncoder(Codec):
         return torch.sigmoid(z) if self.sparsity else z
 
     def decode(self, z):
-        out = self.decoder(z)
-        return torch.sigmoid(out) if self.loss_type == 'bce' else out
+        return self.likelihood.mean(self.decoder(z))
 
     def image_losses(self, x):
         """The reconstruction error of each image, summed over its pixels, and the penalties."""
         z = self.encode(self.training_input(x))
-        out = self.decoder(z)
-        if self.loss_type == 'bce':
-            recon = F.binary_cross_entropy_with_logits(out, x, reduction='none').sum(1)
-        else:
-            # mse_loss, not (out - x).pow(2): one fused kernel in the backward instead of several (docs/performance.md)
-            recon = F.mse_loss(out, x, reduction='none').sum(1)
+        recon = -self.likelihood.log_prob(self.decoder(z).float(), x)  # fp32 also under autocast (train.py --amp)
         # |recon| = (batch_size,)
         parts = {'recon': recon}
         if self.l1:
@@ -393,32 +390,64 @@ def hidden_size_schedule(input_size, btl_size, n_layers):
     return [max(round(input_size - step * (i + 1)), 1) for i in range(n_layers)]
 
 
+def block_options(config):
+    """What each Block of an architecture takes from the config."""
+    return dict(use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'],
+                activation=config['activation'], bn_eps=config['bn_eps'])
+
+
+def build_mlp(config, encoder_out_size):
+    input_size = math.prod(config['image_shape'])
+    hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, config['btl_size'], config['n_layers'])
+    return mirrored_mlps(input_size, list(hidden_sizes), config['btl_size'], encoder_out_size, tied=config['tied'],
+                         gated=config['gated'], **block_options(config))
+
+
+def build_conv(config, encoder_out_size):
+    return mirrored_convs(config['image_shape'], list(config['hidden_sizes'] or CONV_CHANNELS), config['btl_size'],
+                          encoder_out_size, **block_options(config))
+
+
+def build_lstm(config, encoder_out_size):
+    hidden_size = (config['hidden_sizes'] or [LSTM_HIDDEN_SIZE])[0]
+    return (RowLSTMEncoder(config['image_shape'], hidden_size, encoder_out_size),
+            RowLSTMDecoder(config['image_shape'], config['btl_size'], hidden_size))
+
+
+class Architecture(NamedTuple):
+    help: str
+    build: Callable  # (config, encoder_out_size) -> (encoder, decoder)
+    flags: frozenset  # the flags of ARCHITECTURE_FLAGS that it reads; train.py refuses the others
+
+
+# The flags that only some architectures read (--hidden_sizes, --btl_size and the rest apply to every one).
+ARCHITECTURE_FLAGS = frozenset({'n_layers', 'tied', 'gated', 'use_dropout', 'dropout_p', 'bn_eps', 'activation'})
+BLOCK_FLAGS = frozenset({'use_dropout', 'dropout_p', 'bn_eps', 'activation'})
+# Each architecture is a builder function and one line here; train.py's --arch reads this table.
+ARCHITECTURES = {
+    'mlp': Architecture('Blocks of Linear layers, sizes from --hidden_sizes or --n_layers', build_mlp,
+                        ARCHITECTURE_FLAGS),
+    'conv': Architecture(f'Conv2d blocks (3x3, stride 2) with channels from --hidden_sizes (default '
+                         f'{" ".join(map(str, CONV_CHANNELS))}) and a ConvTranspose2d mirror', build_conv, BLOCK_FLAGS),
+    'lstm': Architecture(f'rows as a sequence, an LSTM of --hidden_sizes[0] units (default {LSTM_HIDDEN_SIZE}) each '
+                         f'way', build_lstm, frozenset()),
+}
+
+
 def build_model(config):
     """Builds the model that a config (the flags of train.py, as a dict) describes; a key it
     lacks (a checkpoint older than the flag) takes its default from config.DEFAULTS."""
     config = merge_config({}, config)
-    image_shape, input_size = config['image_shape'], math.prod(config['image_shape'])
     btl_size, variational = config['btl_size'], config['model'] == 'vae'
-    encoder_out_size = 2 * btl_size if variational else btl_size
-    block = dict(use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'],
-                 activation=config['activation'], bn_eps=config['bn_eps'])
-    if config['arch'] == 'conv':
-        encoder, decoder = mirrored_convs(image_shape, list(config['hidden_sizes'] or CONV_CHANNELS), btl_size,
-                                          encoder_out_size, **block)
-    elif config['arch'] == 'lstm':
-        hidden_size = (config['hidden_sizes'] or [LSTM_HIDDEN_SIZE])[0]
-        encoder = RowLSTMEncoder(image_shape, hidden_size, encoder_out_size)
-        decoder = RowLSTMDecoder(image_shape, btl_size, hidden_size)
-    else:
-        hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, btl_size, config['n_layers'])
-        encoder, decoder = mirrored_mlps(input_size, list(hidden_sizes), btl_size, encoder_out_size,
-                                         tied=config['tied'], gated=config['gated'], **block)
+    input_size = math.prod(config['image_shape'])
+    encoder, decoder = ARCHITECTURES[config['arch']].build(config, 2 * btl_size if variational else btl_size)
     codec = dict(noise=config['noise'], noise_level=config['noise_level'])
+    likelihood = build_part('likelihood', config, input_size, binary=config['binarize'])
     if variational:
         return VAE(encoder, decoder, btl_size, prior=build_part('prior', config, btl_size, input_size),
-                   likelihood=build_part('likelihood', config, input_size, binary=config['binarize']),
-                   kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'], iwae_k=config['iwae_k'], **codec)
-    return AutoEncoder(encoder, decoder, btl_size, loss=config['loss'], l1=config['l1'],
+                   likelihood=likelihood, kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'],
+                   iwae_k=config['iwae_k'], **codec)
+    return AutoEncoder(encoder, decoder, btl_size, likelihood=likelihood, l1=config['l1'],
                        sparsity=config['sparsity'], sparsity_weight=config['sparsity_weight'], **codec)
 
 

@@ -69,7 +69,9 @@ def define_argparser():
     p.add_argument('--out_dir', default='oneclass',
                    help='where the checkpoints, oneclass.json and oneclass.png go (default: %(default)s)')
     p.add_argument('--overwrite', action='store_true',
-                   help='retrain every class even where --out_dir holds a checkpoint of it')
+                   help='replace the oneclass.json and oneclass.png in --out_dir, and retrain a class whose checkpoint '
+                        'there was trained with other flags (one trained with the same flags is reused: it would '
+                        'train the same)')
     add_gpu_flag(p)
     return p
 
@@ -133,14 +135,13 @@ def train_class(args, c, name, train_flags):
     flags_fn = os.path.join(args.out_dir, f'class_{c}.flags.json')
     flags = model_flags(args, name, train_flags)
     where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir]  # may change between runs
-    if os.path.exists(model_fn) and not args.overwrite:
-        if saved_flags(flags_fn) != flags:
-            raise CliError(f'{model_fn} was trained with other flags; give --overwrite to retrain or another '
-                           f'--out_dir')
+    if os.path.exists(model_fn) and saved_flags(flags_fn) == flags:
         checkpoint = load_checkpoint(model_fn)
         if len(checkpoint['history']) < checkpoint['config']['n_epochs']:
             run_train(model_fn, '--resume', *where)  # an interrupted run: go on where it stopped
         return model_fn
+    if os.path.exists(model_fn) and not args.overwrite:
+        raise CliError(f'{model_fn} was trained with other flags; give --overwrite to retrain or another --out_dir')
     with open(flags_fn, 'w') as f:
         json.dump(flags, f)
     run_train(model_fn, *flags, *where, '--overwrite')
@@ -157,7 +158,7 @@ def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device
     model = model_from_checkpoint(checkpoint, model_fn).to(device).eval()
     train_idx, _ = split_train_valid(len(train_images), config['train_ratio'], config['seed'])
     test_images, test_labels = (t.to(device) for t in test)
-    scorer = Scorer(model, train_images[train_idx].to(device), test_images, iw_samples)
+    scorer = Scorer(model, lambda: train_images[train_idx].to(device), test_images, iw_samples)
     return {name: analysis.roc_auc(scorer.score(name), test_labels != normal) for name in [*names, *BASELINES]}
 
 
@@ -190,6 +191,10 @@ def main(argv=None):
     names = class_names(args.dataset, args.data_dir)
     classes = class_indices(args.classes or range(len(names or [])), names, '--classes')
     check_classes(classes, labels, names)
+    json_path = os.path.join(args.out_dir, 'oneclass.json')
+    if os.path.exists(json_path) and not args.overwrite:
+        raise CliError(f'{json_path} exists; give --overwrite to replace it (the checkpoints trained with the same '
+                       f'flags are reused) or another --out_dir')
     try:
         os.makedirs(args.out_dir, exist_ok=True)
     except OSError as e:
@@ -216,7 +221,6 @@ def main(argv=None):
                'baselines': {name: score.description for name, score in BASELINES.items()},
                'per_class': {str(c): aurocs for c, aurocs in per_class.items()}, 'mean': means,
                'published_mean_percent': dict(published)}
-    json_path = os.path.join(args.out_dir, 'oneclass.json')
     with open(json_path, 'w') as f:
         json.dump(summary, f, indent=2)
     fig = figures.auroc_by_class(per_class, names, list(BASELINES), published,

@@ -58,8 +58,9 @@ def define_argparser():
                         'classes, or test images 0 and 1 when the data has no classes)')
     p.add_argument('--interp_steps', type=int_at_least(2), default=10, help='(default: %(default)s)')
     p.add_argument('--iw_samples', type=int_at_least(1), default=100,
-                   help='VAE: samples per image for the importance-weighted estimate of -log p(x) '
-                        '(default: %(default)s)')
+                   help='VAE: samples per image for the importance-weighted bound on -log p(x) (nats of -log p(x) '
+                        'only for binary pixels or a density of the pixels; for grayscale pixels under a Bernoulli, a '
+                        'cross-entropy) (default: %(default)s)')
     p.add_argument('--anomaly_score', choices=list(SCORES), default=None,
                    help='--what anomaly: the score of each test image, as oneclass.py scores it (default: neg_elbo '
                         'for a VAE, recon for an AutoEncoder): ' +
@@ -241,7 +242,7 @@ class Report:
 
     def anomaly(self):
         name = self.args.anomaly_score or ('neg_elbo' if self.model.has_prior else 'recon')
-        score = Scorer(self.model, self.train_set[0], self.all_images, self.args.iw_samples).score(name).cpu()
+        score = Scorer(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples).score(name).cpu()
         labels = self.all_labels.cpu()
         what = f'{name}: {SCORES[name].description}'
         print(f'anomaly score: {what}')
@@ -287,22 +288,24 @@ class Report:
 
 def metrics_table(m, knn_k):
     """The metrics as the table that predict.py prints, the model beside PCA."""
-    rows = [('reconstruction, squared error per image', 'sse_per_image', 'pca_sse_per_image'),
-            ('reconstruction, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image'),
+    recon = 'reconstruction at z = mu' if 'neg_elbo' in m else 'reconstruction'
+    rows = [(f'{recon}, squared error per image', 'sse_per_image', 'pca_sse_per_image'),
+            (f'{recon}, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image'),
             (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy')]
     header = f'test set ({m["n_test"]} images)'
-    lines = [f'{header:<42} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
-    lines += [f'{label:<42} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows if ours in m]
+    lines = [f'{header:<50} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
+    lines += [f'{label:<50} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows if ours in m]
     nats = m.get('nats_of_log_px')
+    iwae = analysis.iwae_key(nats)
     singles = [('noisy_sse_per_image', '  the same from noisy inputs', '.4f'),
                ('code_near_zero', f'code activations with |z| < {analysis.NEAR_ZERO}', '.2%'),
                ('neg_elbo', 'negative ELBO, nats per image' if nats else 'negative ELBO, as a cross-entropy', '.4f'),
                ('kl', '  of which KL (one z per image)', '.4f'),
-               ('iwae_nll', f'{"-log p(x)" if nats else "cross-entropy"}, IWAE bound, {m.get("iwae_samples")} '
-                            f'samples', '.4f'),
-               ('iwae_nll_std_error', '  its standard error over the images', '.4f'),
+               (iwae, f'{"-log p(x)" if nats else "cross-entropy"}, IWAE bound, {m.get("iwae_samples")} samples',
+                '.4f'),
+               (iwae + '_std_error', '  its standard error over the images', '.4f'),
                ('active_units', 'active latent units', 'd')]
-    lines += [f'{label:<42} {m[key]:>10{spec}}' for key, label, spec in singles if key in m]
+    lines += [f'{label:<50} {m[key]:>10{spec}}' for key, label, spec in singles if key in m]
     if 'likelihood' in m:
         lines.append(f'likelihood: {m["likelihood"]}')
     return '\n'.join(lines)

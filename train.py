@@ -15,8 +15,8 @@ from checkpoint import (check_fresh, check_writable, resumable_flags, resume_con
 from config import DEFAULTS, merge_config
 from data_loader import (BINARIZE_SEED, DATASETS, binarize_once, class_indices, class_names, load_dataset,
                          select_labels, split_train_valid)
-from distributions import LIKELIHOODS, PRIORS, REGISTRIES, part_options
-from model import ACTIVATIONS, build_model, model_from_checkpoint
+from distributions import DEFAULT_LIKELIHOOD, LIKELIHOODS, PRIORS, REGISTRIES, part_options
+from model import ACTIVATIONS, ARCHITECTURE_FLAGS, ARCHITECTURES, build_model, model_from_checkpoint
 from trainer import NonFiniteLoss, Trainer, build_optimizer
 from utils import (ArgumentParser, CliError, add_gpu_flag, default_to_none, first_line, float_in, get_device,
                    int_at_least, run_cli, set_seed)
@@ -25,9 +25,14 @@ from utils import (ArgumentParser, CliError, add_gpu_flag, default_to_none, firs
 def add_part_flags(g):
     """--prior and --likelihood, whose choices and help come from the registries of
     distributions.py, and the flags of each part's own options."""
+    whose = {'prior': 'VAE prior', 'likelihood': "the decoder's distribution of the pixels, the reconstruction "
+                                                 'loss of both models'}
+    defaults = {'prior': '%(default)s', 'likelihood': ', '.join(f'{name} for --model {model}' for model, name
+                                                               in DEFAULT_LIKELIHOOD.items())}
     for kind, registry in REGISTRIES.items():
         choices = '; '.join(f'{name}: {part.help}' for name, part in registry.items())
-        g.add_argument(f'--{kind}', choices=list(registry), help=f'VAE {kind}: {choices} (default: %(default)s)')
+        g.add_argument(f'--{kind}', choices=list(registry),
+                       help=f'{whose[kind]}: {choices} (default: {defaults[kind]})')
     for option, (kind, name, type_, _, help_) in part_options().items():
         g.add_argument(f'--{option}', type=type_, help=f'--{kind} {name}: {help_} (default: %(default)s)')
 
@@ -53,9 +58,6 @@ def add_model_flags(p):
     g.add_argument('--bn_eps', type=float_in(0, 1),
                    help="BatchNorm's eps, added to the variance it divides by; 1e-3 keeps a unit that never fired "
                         'in training from blowing up an unusual image in eval mode (default: %(default)s)')
-    g.add_argument('--loss', choices=['mse', 'bce'],
-                   help='AutoEncoder reconstruction loss, summed over pixels (default: mse); '
-                        'the VAE\'s is its --likelihood')
     add_part_flags(g)
     g.add_argument('--iwae_k', type=int_at_least(1),
                    help='VAE: train on the importance-weighted bound with K samples per image (Burda et al. 2016) '
@@ -67,10 +69,9 @@ def add_model_flags(p):
                    help='VAE weight of the KL term, beta in a beta-VAE (default: %(default)s)')
     g.add_argument('--kl_anneal', type=int_at_least(0),
                    help='VAE: raise the KL weight linearly from 0 over the first N epochs (default: %(default)s)')
-    g.add_argument('--arch', choices=['mlp', 'conv', 'lstm'],
-                   help='mlp: Blocks of Linear layers; conv: Conv2d blocks (3x3, stride 2) with channels from '
-                        '--hidden_sizes (default 32 64) and a ConvTranspose2d mirror; lstm: rows as a sequence, '
-                        'an LSTM of --hidden_sizes[0] units (default 128) each way (default: %(default)s)')
+    g.add_argument('--arch', choices=list(ARCHITECTURES),
+                   help='; '.join(f'{name}: {arch.help}' for name, arch in ARCHITECTURES.items()) +
+                        ' (default: %(default)s)')
     g.add_argument('--activation', choices=list(ACTIVATIONS),
                    help='activation in every Block; none, with --use_dropout --dropout_p 0 and MSE, makes a linear '
                         'autoencoder, which learns the PCA subspace (default: %(default)s)')
@@ -187,8 +188,6 @@ def parse_args(p, argv):
     refusal = incompatible_flags(config, given)
     if refusal:
         p.error(refusal)
-    if config['model'] == 'ae' and config['loss'] is None:
-        config['loss'] = 'mse'
     return config, given
 
 
@@ -198,33 +197,38 @@ def is_vae(c):
 
 # Flags that only some configs use: name -> a rule giving, for a config, why that flag does nothing
 # there (None where it is used). A flag given where its rule says no is refused, never ignored.
-AE_ONLY = 'applies to --model ae only (the VAE has --likelihood and its own KL term on the code)'
+AE_ONLY = 'applies to --model ae only (the VAE has its own KL term on the code)'
 VAE_ONLY = 'applies to --model vae only'
 USED_ONLY_IF = {
-    'loss': lambda c: None if not is_vae(c) else AE_ONLY,
     'l1': lambda c: None if not is_vae(c) else AE_ONLY,
     'sparsity': lambda c: None if not is_vae(c) else AE_ONLY,
     'sparsity_weight': lambda c: None if c['sparsity'] is not None else 'weighs the --sparsity penalty, which is off',
     'kl_weight': lambda c: None if is_vae(c) else VAE_ONLY,
     'kl_anneal': lambda c: None if is_vae(c) else VAE_ONLY,
-    'likelihood': lambda c: None if is_vae(c) else VAE_ONLY + ' (the AutoEncoder has --loss)',
     'prior': lambda c: None if is_vae(c) else VAE_ONLY,
     'iwae_k': lambda c: None if is_vae(c) else VAE_ONLY,
-    'use_dropout': lambda c: 'does not apply to --arch lstm (it has no Blocks)' if c['arch'] == 'lstm' else None,
     'dropout_p': lambda c: None if c['use_dropout'] else 'applies to --use_dropout only (BatchNorm has no dropout)',
-    'bn_eps': lambda c: (f'applies to BatchNorm, which {"--use_dropout" if c["use_dropout"] else "--arch lstm"} '
-                         f'has not' if c['use_dropout'] or c['arch'] == 'lstm' else None),
-    'n_layers': lambda c: (f'sets the depth of --arch mlp; --arch {c["arch"]} takes its layers from --hidden_sizes'
-                           if c['arch'] != 'mlp' else
-                           'is overridden by --hidden_sizes' if c['hidden_sizes'] else None),
-    'tied': lambda c: (None if c['arch'] == 'mlp' else
-                       f'needs --arch mlp: --arch {c["arch"]} has no Linear mirror to tie'),
-    'activation': lambda c: ('does not apply to --arch lstm (an LSTM has its own gates)' if c['arch'] == 'lstm'
-                             else None),
+    'bn_eps': lambda c: 'applies to BatchNorm, which --use_dropout has not' if c['use_dropout'] else None,
+    'n_layers': lambda c: 'is overridden by --hidden_sizes' if c['hidden_sizes'] else None,
     'noise_level': lambda c: None if c['noise'] else 'sets the level of --noise, which is off',
 }
-# The options of the VAE's parts apply to their part only.
-USED_ONLY_IF.update({option: (lambda c, kind=kind, name=name: None if c[kind] == name and is_vae(c) else
+
+
+def architecture_rule(flag, rule=None):
+    """A flag of ARCHITECTURE_FLAGS is refused where the architecture does not read it, then by its own rule."""
+    def used(c):
+        arch = ARCHITECTURES[c['arch']]
+        if flag not in arch.flags:
+            reads = ', '.join(f'--{name}' for name in sorted(arch.flags))
+            return f'does not apply to --arch {c["arch"]} ({f"it reads {reads}" if reads else "it has no Blocks"})'
+        return rule(c) if rule else None
+    return used
+
+
+USED_ONLY_IF.update({flag: architecture_rule(flag, USED_ONLY_IF.get(flag)) for flag in ARCHITECTURE_FLAGS})
+# The options of the parts apply to their part only (a prior's to a VAE's).
+USED_ONLY_IF.update({option: (lambda c, kind=kind, name=name:
+                              None if c[kind] == name and (kind != 'prior' or is_vae(c)) else
                               f'applies to --{kind} {name} only')
                      for option, (kind, name, *_) in part_options().items()})
 # Flags that only some runs use, told from the flags given.
@@ -234,17 +238,17 @@ USED_ONLY_WITHOUT = {'min_steps': ('n_epochs', 'sets the epochs when --n_epochs 
 def incompatible_flags(c, given):
     """The reason, in one line, why the config c makes no sense, or why one of the flags given
     (their names) would do nothing in it; None when neither."""
-    if PRIORS[c['prior']].uses_inputs and (c['model'] != 'vae' or not (c['use_dropout'] or c['arch'] == 'lstm')):
+    batch_norm = 'use_dropout' in ARCHITECTURES[c['arch']].flags and not c['use_dropout']
+    if PRIORS[c['prior']].uses_inputs and (c['model'] != 'vae' or batch_norm):
         return (f'--prior {c["prior"]} needs --model vae and --use_dropout: BatchNorm would take the prior\'s inputs '
                 f'into its batch statistics')
     if c['iwae_k'] > 1 and ({'kl_weight', 'kl_anneal'} & given):
         return '--iwae_k trains on the importance-weighted bound, which has no KL term to weigh or warm up'
-    if c['gated'] and (c['arch'] != 'mlp' or c['tied'] or 'activation' in given):
-        return ('--gated needs --arch mlp, and neither --tied (a gated layer has two weights) nor --activation (the '
-                'gate replaces it)')
+    if c['gated'] and c['arch'] == 'mlp' and (c['tied'] or 'activation' in given):
+        return '--gated takes neither --tied (a gated layer has two weights) nor --activation (the gate replaces it)'
     if c['binarize'] and not LIKELIHOODS[c['likelihood']].takes_binary_pixels:
         return (f'--likelihood {c["likelihood"]} is a density of grayscale pixels; binary pixels (--binarize) take '
-                f'--likelihood bernoulli')
+                f'--likelihood bernoulli or mse')
     if c['noise'] in ('masking', 'salt_pepper') and c['noise_level'] > 1:
         return f'--noise_level {c["noise_level"]}: --noise {c["noise"]} takes a share of the pixels, in (0, 1]'
     for name in sorted(given & USED_ONLY_WITHOUT.keys()):

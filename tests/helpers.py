@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A fast train.py command line: a small network, a few epochs, the CPU.
 TINY = ['--hidden_sizes', '64', '32', '--n_epochs', '3', '--batch_size', '64', '--gpu_id', '-1']
 # A small AE: no random numbers in its loss, so runs from the same seed take the same steps.
-SMALL_AE = make_config(hidden_sizes=[128, 32], btl_size=4, loss='mse')
+SMALL_AE = make_config(hidden_sizes=[128, 32], btl_size=4, likelihood='mse')
 
 
 def make_images(n, seed):

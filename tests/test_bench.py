@@ -33,6 +33,7 @@ def test_the_dataloader_baseline_trains_on_the_same_inputs():
         assert torch.allclose(x.view(1, -1), to_input(images[i:i + 1]))
 
 
+@pytest.mark.slow
 def test_timers_run_on_a_small_data_set():
     images = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
     cpu = torch.device('cpu')

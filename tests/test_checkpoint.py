@@ -7,7 +7,7 @@ import torch
 
 import checkpoint
 import train
-from config import make_config
+from config import make_config, merge_config
 from model import model_from_checkpoint
 from helpers import TINY, train_in_process
 from utils import CliError
@@ -75,3 +75,34 @@ def test_a_checkpoint_of_the_older_layout_loads_and_gives_the_outputs_it_gave():
         assert torch.allclose(codes, expected['codes'], atol=1e-5)
         assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
         assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)
+
+
+def test_an_autoencoder_of_the_older_loss_flag_loads_with_that_loss_as_its_likelihood():
+    """An AutoEncoder trained with --loss bce by the code before --likelihood covered both models (its
+    config holds loss 'bce' and the VAE's unused default likelihood 'bernoulli'): it loads as a
+    Bernoulli AutoEncoder and computes what it computed then."""
+    path = os.path.join(os.path.dirname(__file__), 'data', 'older_layout_ae_bce.pth')
+    saved = checkpoint.load_checkpoint(path)
+    assert saved['config']['loss'] == 'bce'
+    model = model_from_checkpoint(saved, path).eval()
+    assert type(model.likelihood).__name__ == 'Bernoulli'
+    expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
+    with torch.no_grad():
+        codes = model.encode(expected['x'])
+        assert torch.allclose(codes, expected['codes'], atol=1e-5)
+        assert torch.allclose(model(expected['x']), expected['decoded'], atol=1e-5)
+        # the same cross-entropy, summed over 784 pixels by another formula: equal within fp32 rounding
+        assert torch.allclose(model.image_losses(expected['x'])[1]['recon'], expected['recon'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('saved, likelihood', [
+    ({'model': 'ae', 'loss': 'mse', 'likelihood': 'bernoulli'}, 'mse'),
+    ({'model': 'ae', 'loss': None, 'likelihood': 'bernoulli'}, 'mse'),
+    ({'model': 'ae'}, 'mse'),
+    ({'model': 'ae', 'likelihood': 'cbernoulli'}, 'cbernoulli'),
+    ({'model': 'vae', 'loss': None, 'likelihood': 'gaussian'}, 'gaussian'),
+    ({'model': 'vae'}, 'bernoulli'),
+])
+def test_an_older_config_gets_its_likelihood_in_one_place(saved, likelihood):
+    config = merge_config({}, saved)
+    assert config['likelihood'] == likelihood and 'loss' not in config

@@ -38,7 +38,14 @@ def every_figure(n_classes):
                                    'test images and their reconstructions'),
         'manifold': figures.decoded_grid(torch.rand(400, *shape), [torch.linspace(-2, 2, 20)] * 2, 'a decoded grid'),
         'curves': figures.loss_curves(HISTORY, 'vae.pth: losses per epoch'),
+        'oneclass': figures.auroc_by_class(one_class_aurocs(n_classes), names, ['pca_recon'],
+                                           [('a published method with a long name', 90.)], 'one class normal'),
     }
+
+
+def one_class_aurocs(n_classes):
+    """Made-up ROC AUCs of two scores and a baseline for each class, one score's mean below chance."""
+    return {c: {'recon': .9 - .01 * (c % 7), 'code_knn': .4, 'pca_recon': .8} for c in range(n_classes)}
 
 
 def inside(box, frame, margin=1.):
@@ -72,4 +79,40 @@ def test_loss_curves_show_whole_epochs_and_plain_numbers():
         assert epochs and all(e == int(e) for e in epochs)
         y_labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
         assert y_labels and all(re.fullmatch(r'\d+(\.\d+)?', y) for y in y_labels), y_labels
+    plt.close(fig)
+
+
+@pytest.mark.parametrize('n_classes', [2, 10])
+def test_each_figure_has_one_title(n_classes):
+    for name, fig in every_figure(n_classes).items():
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        titles += [fig._suptitle.get_text()] if fig._suptitle else []
+        assert len(titles) == 1, (name, titles)
+        plt.close(fig)
+
+
+def test_a_log_axis_says_so():
+    fig = figures.loss_curves(HISTORY, 'losses')
+    assert all(ax.get_yscale() == 'log' and ax.get_ylabel().endswith('(log scale)') for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_the_one_class_means_are_bars_from_chance():
+    fig = figures.auroc_by_class(one_class_aurocs(3), class_names(3), ['pca_recon'], [('published', 90.)], 'title')
+    bars = {round(bar.get_x() + bar.get_width(), 6): bar for bar in fig.axes[1].patches}
+    assert set(bars) == {90., 80., 40., 89.}  # each mean's bar ends at the mean, published 90 included
+    assert all(bar.get_x() == 50. for bar in bars.values())
+    assert fig.axes[1].get_xlim()[0] < 40.  # a mean below chance shows too
+    plt.close(fig)
+
+
+def test_ten_classes_of_anomaly_scores_get_a_plot_each():
+    labels = torch.arange(500) % 10
+    fig = figures.histograms_by_class(torch.rand(500) + labels, labels, class_names(10), 'score', 'title')
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 10
+    for c, ax in enumerate(shown):
+        assert len(ax.patches) == 2  # the class's own histogram and the gray one of all images
+        assert [t.get_text() for t in ax.texts] == [figures.textwrap.shorten(class_names(10)[c], 24,
+                                                                               placeholder='..')]
     plt.close(fig)

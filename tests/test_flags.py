@@ -1,15 +1,19 @@
 """No flag of train.py is silently ignored: every model flag, tried with every model and every
 architecture, either changes the model that is built or is refused in one line."""
+import math
+
 import pytest
 import torch
 
+import model
 import train
-from model import build_model
+from helpers import TINY, train_in_process
+from model import ARCHITECTURES, build_model
 
 # A value other than its default for each flag that shapes the model or its loss ([] for a switch).
 OTHER_VALUES = {
     'n_layers': ['2'], 'hidden_sizes': ['8', '4'], 'btl_size': ['3'], 'use_dropout': [], 'dropout_p': ['0.1'],
-    'bn_eps': ['1e-3'], 'loss': ['bce'], 'prior': ['vamp'], 'n_pseudo': ['7'], 'iwae_k': ['2'], 'gated': [],
+    'bn_eps': ['1e-3'], 'prior': ['vamp'], 'n_pseudo': ['7'], 'iwae_k': ['2'], 'gated': [],
     'likelihood': ['cbernoulli'], 'kl_weight': ['2'], 'kl_anneal': ['3'], 'activation': ['tanh'], 'tied': [],
     'noise': ['gaussian'], 'noise_level': ['0.2'], 'l1': ['0.1'], 'sparsity': ['0.05'], 'sparsity_weight': ['2'],
 }
@@ -37,10 +41,10 @@ def parsed(argv, capsys):
         return None, err
 
 
-@pytest.mark.parametrize('model', ['ae', 'vae'])
-@pytest.mark.parametrize('arch', ['mlp', 'conv', 'lstm'])
-def test_every_model_flag_changes_the_model_or_is_refused(model, arch, capsys):
-    base = ['--model', model, '--arch', arch]
+@pytest.mark.parametrize('model_name', ['ae', 'vae'])
+@pytest.mark.parametrize('arch', list(ARCHITECTURES))
+def test_every_model_flag_changes_the_model_or_is_refused(model_name, arch, capsys):
+    base = ['--model', model_name, '--arch', arch]
     config, refusal = parsed(base, capsys)
     assert refusal is None
     with torch.device('meta'):
@@ -58,15 +62,36 @@ def test_every_model_flag_changes_the_model_or_is_refused(model, arch, capsys):
 
 
 @pytest.mark.parametrize('argv, match', [
-    (['--arch', 'conv', '--n_layers', '3'], '--n_layers sets the depth of --arch mlp'),
+    (['--arch', 'conv', '--n_layers', '3'], '--n_layers does not apply to --arch conv'),
+    (['--arch', 'lstm', '--use_dropout'], '--use_dropout does not apply to --arch lstm (it has no Blocks)'),
     (['--hidden_sizes', '64', '--n_layers', '3'], '--n_layers is overridden by --hidden_sizes'),
     (['--dropout_p', '0.5'], '--dropout_p applies to --use_dropout only'),
     (['--model', 'vae', '--use_dropout', '--n_pseudo', '10'], '--n_pseudo applies to --prior vamp only'),
     (['--noise_level', '0.5'], '--noise_level sets the level of --noise, which is off'),
-    (['--likelihood', 'bernoulli'], '--likelihood applies to --model vae only'),
+    (['--model', 'vae', '--n_components', '3'], '--n_components applies to --prior mog only'),
+    (['--prior', 'mog'], '--prior applies to --model vae only'),
     (['--sparsity_weight', '2'], '--sparsity_weight weighs the --sparsity penalty, which is off'),
     (['--model', 'vae', '--kl_weight', '0.5', '--iwae_k', '3'], 'no KL term to weigh or warm up'),
 ])
 def test_flags_that_the_model_would_ignore_are_refused_by_name(argv, match, capsys):
     config, refusal = parsed(argv, capsys)
     assert config is None and match in refusal
+
+
+def test_a_new_architecture_is_a_builder_and_one_registry_line(data_dir, tmp_path, capsys, monkeypatch):
+    """A linear architecture (one Linear each way, reading none of the architecture flags) added to
+    ARCHITECTURES alone: train.py offers it in --help, trains and reloads it, and refuses the flags
+    it does not read."""
+    def build_linear(config, encoder_out_size):
+        input_size = math.prod(config['image_shape'])
+        return torch.nn.Linear(input_size, encoder_out_size), torch.nn.Linear(config['btl_size'], input_size)
+
+    monkeypatch.setitem(model.ARCHITECTURES, 'linear', model.Architecture('one Linear each way', build_linear,
+                                                                          frozenset()))
+    assert 'linear: one Linear each way' in ' '.join(train.define_argparser().format_help().split())
+    model_fn = str(tmp_path / 'linear.pth')
+    checkpoint = train_in_process('--model_fn', model_fn, '--data_dir', data_dir, '--arch', 'linear', *TINY)
+    rebuilt = model.model_from_checkpoint(checkpoint, model_fn)
+    assert [type(m).__name__ for m in rebuilt.encoder.modules()] == ['Linear']
+    _, refusal = parsed(['--arch', 'linear', '--activation', 'tanh'], capsys)
+    assert '--activation does not apply to --arch linear (it has no Blocks)' in refusal

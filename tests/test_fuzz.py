@@ -41,14 +41,13 @@ def architectures(draw):
                          noise=draw(st.sampled_from([None, 'gaussian', 'masking', 'salt_pepper'])),
                          noise_level=draw(st.floats(.01, 1)),
                          kl_anneal=draw(st.integers(0, 3)) if model == 'vae' else 0,
-                         loss=draw(st.sampled_from(['mse', 'bce'])) if model == 'ae' else None,
+                         likelihood=draw(st.sampled_from(list(LIKELIHOODS))),
                          l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
                          sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
     config['bn_eps'] = BN_EPS if config['use_dropout'] or arch == 'lstm' else draw(st.sampled_from([BN_EPS, 1e-3]))
     if arch == 'mlp' and draw(st.booleans()):
         config.update(gated=True, tied=False, activation='relu')
     if model == 'vae':
-        config['likelihood'] = draw(st.sampled_from(list(LIKELIHOODS)))
         priors = [name for name, prior in PRIORS.items() if config['use_dropout'] or arch == 'lstm' or
                   not prior.uses_inputs]  # a prior with inputs of its own needs no BatchNorm
         config.update(prior=draw(st.sampled_from(priors)), n_pseudo=draw(st.integers(1, 20)),

@@ -73,7 +73,9 @@ def test_the_protocol_writes_its_table_json_and_figure_and_a_second_run_reuses_t
     assert [line.split(':')[0] for line in printed.splitlines()[:2]] == ['class 0 T-shirt/top', 'class 3 Dress']
     assert (out_dir / 'oneclass.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     trained = {c: (out_dir / f'class_{c}.pth').read_bytes() for c in (0, 3)}
-    again = run(fashion_dir, out_dir, '--classes', '0', '3')
+    argv = ['--data_dir', fashion_dir, '--out_dir', str(out_dir), *FAST, '--classes', '0', '3']
+    expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'oneclass.json exists; give --overwrite')
+    again = run(fashion_dir, out_dir, '--classes', '0', '3', '--overwrite')
     assert again['per_class'] == summary['per_class']
     assert all((out_dir / f'class_{c}.pth').read_bytes() == trained[c] for c in (0, 3))
 
@@ -85,6 +87,7 @@ def test_an_interrupted_class_is_resumed_where_it_stopped(fashion_dir, tmp_path)
     run(fashion_dir, whole, '--classes', '5')
     # The state a stop after epoch 1 of 3 leaves: the checkpoint of epoch 1 (train.py saves after every epoch).
     run(fashion_dir, out_dir, '--classes', '5', '--n_epochs', '1')
+    (out_dir / 'oneclass.json').unlink()  # an interrupted run writes no results
     flags_fn = out_dir / 'class_5.flags.json'
     flags = json.loads(flags_fn.read_text())
     assert flags[-2:] == ['--n_epochs', '1']
@@ -96,7 +99,7 @@ def test_an_interrupted_class_is_resumed_where_it_stopped(fashion_dir, tmp_path)
     history = torch.load(out_dir / 'class_5.pth', weights_only=True)['history']
     assert [h['epoch'] for h in history] == [1, 2, 3]
     assert without_times(history) == without_times(torch.load(whole / 'class_5.pth', weights_only=True)['history'])
-    assert resumed['per_class'] == run(fashion_dir, whole, '--classes', '5')['per_class']
+    assert resumed['per_class'] == run(fashion_dir, whole, '--classes', '5', '--overwrite')['per_class']
 
 
 @pytest.mark.slow
@@ -104,6 +107,8 @@ def test_other_flags_in_the_same_folder_are_refused_unless_overwrite(fashion_dir
     out_dir = tmp_path / 'out'
     run(fashion_dir, out_dir, '--classes', '1')
     argv = ['--data_dir', fashion_dir, '--out_dir', str(out_dir), *FAST, '--classes', '1', '--btl_size', '3']
+    expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'oneclass.json exists; give --overwrite')
+    (out_dir / 'oneclass.json').unlink()
     expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'was trained with other flags; give --overwrite')
     run(fashion_dir, out_dir, '--classes', '1', '--btl_size', '3', '--overwrite')
     assert torch.load(out_dir / 'class_1.pth', weights_only=True)['config']['btl_size'] == 3

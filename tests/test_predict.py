@@ -1,6 +1,7 @@
 """Every --what of predict.py on a tiny generated data set."""
 import json
 import os
+import shutil
 
 import pytest
 from PIL import Image
@@ -15,9 +16,9 @@ FIGURES = {'recon': ['reconstructions.png'], 'latent': ['latent.png'], 'boundary
            'anomaly': ['anomaly_hist.png', 'anomalies.png'], 'metrics': [], 'curves': ['curves.png']}
 METRICS = {'dataset', 'n_test', 'sse_per_image', 'bce_per_image', 'knn_accuracy', 'pca_components',
            'pca_sse_per_image', 'pca_bce_per_image', 'pca_knn_accuracy'}
-AE_METRICS = {'test_loss', 'test_recon'}
-VAE_METRICS = {'recon', 'kl', 'neg_elbo', 'active_units', 'iwae_samples', 'iwae_nll', 'iwae_nll_std_error',
-               'likelihood', 'nats_of_log_px'}
+AE_METRICS = {'recon'}
+VAE_METRICS = {'recon_at_drawn_z', 'kl', 'neg_elbo', 'active_units', 'iwae_samples', 'iwae_cross_entropy',
+               'iwae_cross_entropy_std_error', 'likelihood', 'nats_of_log_px'}
 
 
 @pytest.fixture(scope='module')
@@ -52,7 +53,7 @@ def test_each_what_writes_valid_figures(models, what, tmp_path, capsys):
     if what == 'metrics':
         assert METRICS | VAE_METRICS <= metrics.keys() and not AE_METRICS & metrics.keys()
         assert metrics['iwae_samples'] == 5 and metrics['pca_components'] == 2
-        assert metrics['iwae_nll'] <= metrics['neg_elbo']
+        assert metrics['iwae_cross_entropy'] <= metrics['neg_elbo']  # grayscale pixels: not nats of -log p(x)
         assert 0 <= metrics['knn_accuracy'] <= 1 and 0 <= metrics['active_units'] <= 2
         assert 'PCA-2' in out and 'IWAE' in out
     if what == 'anomaly':
@@ -75,6 +76,21 @@ def test_the_anomaly_figure_takes_any_score_of_the_one_class_protocol_and_names_
                                                     '--what', 'anomaly', '--anomaly_score', 'iwae'], capsys,
                        '--anomaly_score iwae: needs a VAE')
     assert not (tmp_path / 'x').exists()
+
+
+def test_a_test_set_alone_is_enough_for_the_figures_that_compare_with_no_training_image(models, data_dir,
+                                                                                         tmp_path, capsys):
+    raw = tmp_path / 'data' / 'MNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for name in ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+        shutil.copy(os.path.join(data_dir, 'MNIST', 'raw', name), raw)
+    flags = ['--dataset', 'mnist', '--data_dir', str(tmp_path / 'data')]
+    for model in ('vae2', 'ae3'):
+        metrics = run_predict(models[model], tmp_path / model, *flags, '--what', 'recon', 'latent', 'interp', 'anomaly')
+        assert metrics['n_test'] == (40 if model == 'vae2' else 100) and 'anomaly_score' in metrics
+    expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path / 'x'),
+                                                    *flags, '--what', 'anomaly', '--anomaly_score', 'code_knn'],
+                       capsys, 'train-images-idx3-ubyte[.gz] not found')
 
 
 def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path):

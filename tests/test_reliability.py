@@ -255,12 +255,14 @@ def test_predict_writes_into_a_folder_with_files_only_with_overwrite(data_dir, t
 
 @pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
 def test_written_files_follow_the_umask(umask, mode, data_dir, tmp_path):
-    model_fn, out_dir = tmp_path / 'm.pth', tmp_path / 'out'
-    command = (f'umask {umask:03o} && "{sys.executable}" train.py --model_fn {model_fn} --data_dir {data_dir} '
-               f'{" ".join(TINY)} --n_epochs 1 --verbose 0 && "{sys.executable}" predict.py --model_fn {model_fn} '
-               f'--out_dir {out_dir} --what recon metrics')
-    result = subprocess.run(['sh', '-c', command], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    model_fn, out_dir = str(tmp_path / 'm.pth'), tmp_path / 'out'
+    before = os.umask(umask)  # the process's umask, which every file the scripts create gets
+    try:
+        train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')
+        run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1', '--what',
+                                      'recon', 'metrics']), 'predict.py')
+    finally:
+        os.umask(before)
     for path in (model_fn, out_dir / 'reconstructions.png', out_dir / 'metrics.json'):
         assert os.stat(path).st_mode & 0o777 == mode, path
 
