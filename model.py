@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoint import load_checkpoint
 from config import DEFAULTS, merge_config
 from distributions import LOGVAR_MAX, build_part, diagonal_normal_log_prob, reparameterize
 from utils import CliError, first_line
@@ -470,3 +471,11 @@ def model_from_checkpoint(checkpoint, path):
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise CliError(f'{path}: its weights do not match its config ({first_line(e)})')
     return model
+
+
+def load_model(path, device):
+    """The model saved at path, on device and in eval mode, and its checkpoint, whose config is
+    completed with the defaults of flags newer than it (as build_model completes it)."""
+    checkpoint = load_checkpoint(path)
+    checkpoint['config'] = merge_config({}, checkpoint['config'])
+    return model_from_checkpoint(checkpoint, path).to(device).eval(), checkpoint

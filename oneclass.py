@@ -23,7 +23,7 @@ from anomaly import BASELINES, SCORES, Scorer
 from checkpoint import load_checkpoint
 from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid
-from model import model_from_checkpoint
+from model import load_model
 from trainer import tqdm_disable
 from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, run_cli, run_sibling,
                    set_seed)
@@ -153,9 +153,8 @@ def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device
     """ROC AUC of each score and baseline for one class's model: the test images of other
     classes are the anomalies. train_images are all the training images of the class; the
     model's own train split is taken from them as train.py took it."""
-    checkpoint = load_checkpoint(model_fn)
+    model, checkpoint = load_model(model_fn, device)
     config = checkpoint['config']
-    model = model_from_checkpoint(checkpoint, model_fn).to(device).eval()
     train_idx, _ = split_train_valid(len(train_images), config['train_ratio'], config['seed'])
     test_images, test_labels = (t.to(device) for t in test)
     scorer = Scorer(model, lambda: train_images[train_idx].to(device), test_images, iw_samples)

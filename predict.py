@@ -13,11 +13,10 @@ from torch.distributions import Normal
 import analysis
 from anomaly import SCORES, Scorer, scores_of
 import figures
-from checkpoint import check_writable, load_checkpoint
-from config import merge_config
+from checkpoint import check_writable
 from data_loader import (DATASETS, binarize_once, class_names, load_dataset, select_labels, split_train_valid,
                          to_input)
-from model import model_from_checkpoint
+from model import load_model
 from trainer import format_losses
 from utils import ArgumentParser, CliError, add_gpu_flag, get_device, int_at_least, run_cli, set_seed
 
@@ -345,10 +344,8 @@ def prepare_out_dir(out_dir, overwrite):
 def main(argv=None):
     args = define_argparser().parse_args(argv)
     device = get_device(args.gpu_id)
-    checkpoint = load_checkpoint(args.model_fn)
-    # A checkpoint older than a flag is completed with its default, as build_model() does.
-    config = checkpoint['config'] = merge_config({}, checkpoint['config'])
-    model = model_from_checkpoint(checkpoint, args.model_fn).to(device).eval()
+    model, checkpoint = load_model(args.model_fn, device)
+    config = checkpoint['config']
     btl_size = config['btl_size']
     labelled = class_names(args.dataset or config['dataset'], args.data_dir or config['data_dir']) is not None
     what = args.what or applicable(btl_size, labelled)
