@@ -258,10 +258,11 @@ def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=No
         m['noisy_sse_per_image'] = noisy_errors(model, test_images, batch_size).mean().item()
     if model.has_prior:
         neg_elbo, neg_iwae = variational_bounds(model, test_images, iw_samples, progress=True)
+        iwae = iwae_key(likelihood[1])
         m.update({'likelihood': likelihood[0], 'nats_of_log_px': likelihood[1], 'neg_elbo': neg_elbo.mean().item(),
                   'active_units': active_units(test_codes), 'iwae_samples': iw_samples,
-                  iwae_key(likelihood[1]): neg_iwae.mean().item(),
-                  iwae_key(likelihood[1]) + '_std_error': (neg_iwae.std() / math.sqrt(len(neg_iwae))).item()})
+                  iwae: neg_iwae.mean().item(),
+                  iwae + '_std_error': (neg_iwae.std() / math.sqrt(len(neg_iwae))).item()})
     return m
 
 

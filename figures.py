@@ -177,8 +177,7 @@ def histograms_by_class(values, labels, class_names, xlabel, title):
         for ax, c in zip(axes.flat, classes):
             ax.hist(values.numpy(), bins=bins, histtype='step', color='gray', linewidth=.8, density=True)
             ax.hist(values[labels == c].numpy(), bins=bins, histtype='stepfilled', alpha=.7,
-                    color=class_color(c, len(class_names)),
-                    density=True)
+                    color=class_color(c, len(class_names)), density=True)
             ax.set_yticks([])
             ax.text(.97, .95, textwrap.shorten(class_names[c], 24, placeholder='..'), transform=ax.transAxes,
                     ha='right', va='top', fontsize=8)

@@ -135,13 +135,15 @@ def train_class(args, c, name, train_flags):
     flags_fn = os.path.join(args.out_dir, f'class_{c}.flags.json')
     flags = model_flags(args, name, train_flags)
     where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir]  # may change between runs
-    if os.path.exists(model_fn) and saved_flags(flags_fn) == flags:
-        checkpoint = load_checkpoint(model_fn)
-        if len(checkpoint['history']) < checkpoint['config']['n_epochs']:
-            run_train(model_fn, '--resume', *where)  # an interrupted run: go on where it stopped
-        return model_fn
-    if os.path.exists(model_fn) and not args.overwrite:
-        raise CliError(f'{model_fn} was trained with other flags; give --overwrite to retrain or another --out_dir')
+    if os.path.exists(model_fn):
+        if saved_flags(flags_fn) == flags:
+            checkpoint = load_checkpoint(model_fn)
+            if len(checkpoint['history']) < checkpoint['config']['n_epochs']:
+                run_train(model_fn, '--resume', *where)  # an interrupted run: go on where it stopped
+            return model_fn
+        if not args.overwrite:
+            raise CliError(f'{model_fn} was trained with other flags; give --overwrite to retrain or another '
+                           f'--out_dir')
     with open(flags_fn, 'w') as f:
         json.dump(flags, f)
     run_train(model_fn, *flags, *where, '--overwrite')

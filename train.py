@@ -244,7 +244,7 @@ def incompatible_flags(c, given):
                 f'into its batch statistics')
     if c['iwae_k'] > 1 and ({'kl_weight', 'kl_anneal'} & given):
         return '--iwae_k trains on the importance-weighted bound, which has no KL term to weigh or warm up'
-    if c['gated'] and c['arch'] == 'mlp' and (c['tied'] or 'activation' in given):
+    if c['gated'] and 'gated' in ARCHITECTURES[c['arch']].flags and (c['tied'] or 'activation' in given):
         return '--gated takes neither --tied (a gated layer has two weights) nor --activation (the gate replaces it)'
     if c['binarize'] and not LIKELIHOODS[c['likelihood']].takes_binary_pixels:
         return (f'--likelihood {c["likelihood"]} is a density of grayscale pixels; binary pixels (--binarize) take '
