@@ -1,9 +1,11 @@
 """The checkpoint file: written whole or not at all, read without running code, never replaced
 by accident, and the run it holds resumed exactly after a stop (Ctrl-C, SIGTERM).
 
-A checkpoint is a plain dict: 'model' (the best epoch's weights), 'opt', 'config' (every flag of
-train.py), 'history' (one dict per finished epoch) and 'last' (what resuming needs: the last
-epoch's weights, the scheduler, the random number generator states).
+A checkpoint is a plain dict: 'model' (the best epoch's weights), 'opt', the config in three parts
+('model_config', 'training_config', 'data_config'; config.SAVED_PARTS), 'history' (one dict per
+finished epoch) and 'last' (what resuming needs: the last epoch's weights, the scheduler, the random
+number generator states). Loaded, it holds the run's config as one dict of flags, 'config', completed
+with the defaults of flags newer than the file.
 """
 import contextlib
 import os
@@ -16,10 +18,10 @@ import warnings
 
 import torch
 
-from config import DEFAULTS, merge_config
+from config import DEFAULTS, SAVED_PARTS, merge_config, saved_config
 from utils import CliError
 
-CHECKPOINT_KEYS = ('model', 'config', 'history')
+CHECKPOINT_KEYS = ('model', *SAVED_PARTS, 'history')
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Flags that may be given with --resume: they do not change what is being trained.
 RESUMABLE_FLAGS = {'n_epochs', 'patience', 'amp', 'compile', 'data_dir'}
@@ -73,7 +75,8 @@ def save_checkpoint(path, checkpoint):
 
 def load_checkpoint(path, map_location='cpu'):
     """Loads a checkpoint written by train.py with weights_only=True: tensors and plain
-    Python values only, so a file from an untrusted source cannot run code on load."""
+    Python values only, so a file from an untrusted source cannot run code on load. Its config,
+    saved in parts or (older files) as one dict, becomes the complete config of its run, 'config'."""
     if not os.path.isfile(path):
         raise CliError(f'{path}: no such checkpoint file')
     try:
@@ -87,10 +90,12 @@ def load_checkpoint(path, map_location='cpu'):
             raise CliError(f'{path}: refused: it holds {what}, not only weights and plain values; '
                            f'nothing in it was run')
         raise CliError(f'{path}: not a readable checkpoint (truncated, or not written by torch.save)')
-    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in CHECKPOINT_KEYS):
+    older_layout = isinstance(checkpoint, dict) and {'model', 'config', 'history'} <= checkpoint.keys()
+    if not older_layout and not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= checkpoint.keys()):
         raise CliError(f'{path}: not a checkpoint of this repository (expected a dict with keys '
                        f'{", ".join(CHECKPOINT_KEYS)})')
-    return checkpoint
+    config = merge_config({}, saved_config(checkpoint))
+    return {**{k: v for k, v in checkpoint.items() if k not in SAVED_PARTS}, 'config': config}
 
 
 def resumable_flags():

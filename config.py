@@ -99,6 +99,10 @@ ONECLASS_RECIPE = '--arch conv --hidden_sizes 32 64 128 --btl_size 128 --min_ste
 PART_OPTIONS = {name: default for name, (_, _, _, default, _) in part_options().items()}
 
 DEFAULTS = {**MODEL, **PART_OPTIONS, **TRAINING, **DATA}
+# A checkpoint keeps its config in three parts: the model's (all that rebuilds the network and its
+# loss), the training's and the data's. The flags of one run (--model_fn, --gpu_id, --verbose,
+# --resume, --overwrite) are not saved.
+SAVED_PARTS = {'model_config': [*MODEL, *PART_OPTIONS], 'training_config': list(TRAINING), 'data_config': list(DATA)}
 
 
 def make_config(**changes):
@@ -119,6 +123,19 @@ def merge_config(flags, saved=None):
     if config['likelihood'] is None:
         config['likelihood'] = DEFAULT_LIKELIHOOD[config['model']]
     return config
+
+
+def saved_parts(config):
+    """A run's config as a checkpoint saves it: {'model_config': {...}, 'training_config': ..., 'data_config': ...}."""
+    return {part: {name: config[name] for name in names} for part, names in SAVED_PARTS.items()}
+
+
+def saved_config(checkpoint):
+    """The config that a checkpoint saved, as one dict of flags: from its three parts, or from the
+    one dict of every flag ('config') that checkpoints saved before them."""
+    if 'config' in checkpoint:
+        return checkpoint['config']
+    return {name: value for part in SAVED_PARTS for name, value in checkpoint[part].items()}
 
 
 def upgraded(saved):

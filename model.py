@@ -474,8 +474,6 @@ def model_from_checkpoint(checkpoint, path):
 
 
 def load_model(path, device):
-    """The model saved at path, on device and in eval mode, and its checkpoint, whose config is
-    completed with the defaults of flags newer than it (as build_model completes it)."""
+    """The model saved at path, on device and in eval mode, and its checkpoint (load_checkpoint)."""
     checkpoint = load_checkpoint(path)
-    checkpoint['config'] = merge_config({}, checkpoint['config'])
     return model_from_checkpoint(checkpoint, path).to(device).eval(), checkpoint

@@ -25,8 +25,8 @@ from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid
 from model import load_model
 from trainer import tqdm_disable
-from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, run_cli, run_sibling,
-                   set_seed)
+from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, make_out_dir, run_cli,
+                   run_sibling, set_seed)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
 # anomaly detection".
@@ -196,10 +196,7 @@ def main(argv=None):
     if os.path.exists(json_path) and not args.overwrite:
         raise CliError(f'{json_path} exists; give --overwrite to replace it (the checkpoints trained with the same '
                        f'flags are reused) or another --out_dir')
-    try:
-        os.makedirs(args.out_dir, exist_ok=True)
-    except OSError as e:
-        raise CliError(f'--out_dir {args.out_dir}: cannot create it ({e.strerror})')
+    make_out_dir(args.out_dir)
     set_seed(0)  # the IWAE draws
 
     per_class = {}

@@ -18,7 +18,7 @@ from data_loader import (DATASETS, binarize_once, class_names, load_dataset, sel
                          to_input)
 from model import load_model
 from trainer import format_losses
-from utils import ArgumentParser, CliError, add_gpu_flag, get_device, int_at_least, run_cli, set_seed
+from utils import ArgumentParser, CliError, add_gpu_flag, get_device, int_at_least, make_out_dir, run_cli, set_seed
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves']
 NEEDS_2D_CODE = {'boundary', 'manifold'}
@@ -334,10 +334,7 @@ def prepare_out_dir(out_dir, overwrite):
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise CliError(f'--out_dir {out_dir} already holds files; give --overwrite to replace them or another '
                        f'--out_dir (nothing was written)')
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise CliError(f'--out_dir {out_dir}: cannot create it ({e.strerror})')
+    make_out_dir(out_dir)
     check_writable(os.path.join(out_dir, 'metrics.json'))
 
 

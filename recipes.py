@@ -17,7 +17,8 @@ from tqdm import tqdm
 from trainer import tqdm_disable
 from checkpoint import load_checkpoint
 from config import RECIPES
-from utils import ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, print_rows, run_cli, run_sibling
+from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, make_out_dir, print_rows, run_cli,
+                   run_sibling)
 
 # Train-time targets, in minutes on 2 CPU cores; the papers' schedule trains for as long as it takes.
 RECIPE_MINUTES = {**{name: 15 for name in ('ae2', 'ae30', 'vae20', 'classic_vae20', 'anomaly')},
@@ -95,7 +96,7 @@ def train_recipe(args, name, model_fn, flags):
 
 def run_recipes(args):
     """Trains each recipe (or resumes it), evaluates it with predict.py, and returns the metrics and times."""
-    os.makedirs(args.recipes_dir, exist_ok=True)
+    make_out_dir(args.recipes_dir, '--recipes_dir')
     extra = ['--amp'] * args.amp + ['--compile'] * args.compile
     results = {}
     for name in tqdm(args.recipes, desc='recipes', unit='recipe', disable=tqdm_disable(1, 1)):

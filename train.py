@@ -12,7 +12,7 @@ import torch
 
 from checkpoint import (check_fresh, check_writable, resumable_flags, resume_config, save_checkpoint, saved_so_far,
                         stop_on_signals)
-from config import DEFAULTS, merge_config
+from config import DEFAULTS, merge_config, saved_parts
 from data_loader import (BINARIZE_SEED, DATASETS, binarize_once, class_indices, class_names, load_dataset,
                          select_labels, split_train_valid)
 from distributions import DEFAULT_LIKELIHOOD, LIKELIHOODS, PRIORS, REGISTRIES, part_options
@@ -365,13 +365,13 @@ def main(argv=None):
         print(summary(config, model, device, len(train_indices), len(valid_indices), len(trainer.history)))
 
     # Training, with a checkpoint saved after every epoch; a signal stops it cleanly. The checkpoint
-    # keeps the config, not the flags of this one run (--model_fn, --gpu_id, --verbose, ...).
-    saved_config = {name: config[name] for name in DEFAULTS}
+    # keeps the config in its parts, not the flags of this one run (--model_fn, --gpu_id, --verbose, ...).
+    config_parts = saved_parts(config)
     try:
         with stop_on_signals(trainer) as save_in_progress:
             def save(trainer):
                 with save_in_progress():
-                    save_checkpoint(model_fn, {**trainer.state_dict(), 'config': saved_config})
+                    save_checkpoint(model_fn, {**trainer.state_dict(), **config_parts})
 
             finished = trainer.train(images.to(device), train_indices.to(device), valid_indices.to(device),
                                      config['n_epochs'], config['batch_size'], on_epoch_end=save,

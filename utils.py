@@ -1,4 +1,5 @@
-"""Small helpers of the command-line scripts: one-line errors, flag types, devices, seeds."""
+"""Small helpers of the command-line scripts: one-line errors, flag types, devices, output folders,
+sibling scripts, seeds, tables."""
 import argparse
 import contextlib
 import ctypes
@@ -82,6 +83,16 @@ def add_gpu_flag(parser):
     """The --gpu_id flag, the same in every script."""
     parser.add_argument('--gpu_id', type=int, default=default_gpu_id(),
                         help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+
+
+def make_out_dir(path, flag='--out_dir'):
+    """Creates the output folder that flag names, with its parents; one that cannot be made is one
+    line naming the flag. Returns path."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CliError(f'{flag} {path}: cannot create it ({e.strerror or first_line(e)})')
+    return path
 
 
 def run_sibling(script, args, failure, python_args=()):

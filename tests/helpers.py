@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from checkpoint import load_checkpoint
 from config import make_config
 from data_loader import write_idx
 from utils import run_cli
@@ -71,10 +72,10 @@ def expect_usage_error(main, prog, argv, capsys, match):
 
 
 def train_in_process(*argv):
-    """train.main with argv, silent; returns the checkpoint it wrote (argv[1] is --model_fn's value)."""
+    """train.main with argv, silent; returns the checkpoint it wrote, loaded (argv[1] is --model_fn's value)."""
     import train
     run_cli(lambda: train.main([*argv, '--verbose', '0']), 'train.py')
-    return torch.load(argv[1], weights_only=True)
+    return load_checkpoint(argv[1])
 
 
 def assert_same_run(a, b):

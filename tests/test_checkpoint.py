@@ -1,6 +1,7 @@
 """checkpoint.py on its own, with train.py's parse: which flags a command line gives, what --resume accepts, the
 overwrite rule and the file's permissions."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -8,8 +9,8 @@ import torch
 import checkpoint
 import train
 from config import make_config, merge_config
-from model import model_from_checkpoint
-from helpers import TINY, train_in_process
+from model import load_model, model_from_checkpoint
+from helpers import TINY, train_in_process, write_dataset
 from utils import CliError
 
 
@@ -82,8 +83,9 @@ def test_an_autoencoder_of_the_older_loss_flag_loads_with_that_loss_as_its_likel
     config holds loss 'bce' and the VAE's unused default likelihood 'bernoulli'): it loads as a
     Bernoulli AutoEncoder and computes what it computed then."""
     path = os.path.join(os.path.dirname(__file__), 'data', 'older_layout_ae_bce.pth')
+    assert torch.load(path, weights_only=True)['config']['loss'] == 'bce'
     saved = checkpoint.load_checkpoint(path)
-    assert saved['config']['loss'] == 'bce'
+    assert saved['config']['likelihood'] == 'bernoulli' and 'loss' not in saved['config']
     model = model_from_checkpoint(saved, path).eval()
     assert type(model.likelihood).__name__ == 'Bernoulli'
     expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
@@ -93,6 +95,32 @@ def test_an_autoencoder_of_the_older_loss_flag_loads_with_that_loss_as_its_likel
         assert torch.allclose(model(expected['x']), expected['decoded'], atol=1e-5)
         # the same cross-entropy, summed over 784 pixels by another formula: equal within fp32 rounding
         assert torch.allclose(model.image_losses(expected['x'])[1]['recon'], expected['recon'], rtol=1e-5)
+
+
+def test_a_checkpoint_of_one_config_dict_loads_resumes_and_gives_the_outputs_it_gave(tmp_path):
+    """A VAE of a mixture prior and a Gaussian likelihood, saved with its config as one dict of every
+    flag, as train.py saved it before the config was kept in parts, with what that code computed from
+    it: it loads, computes the same, and resumes into a checkpoint of the parts."""
+    path = os.path.join(os.path.dirname(__file__), 'data', 'flat_config_mog_gaussian.pth')
+    assert 'config' in torch.load(path, weights_only=True)
+    model, saved = load_model(path, torch.device('cpu'))
+    assert saved['config']['prior'] == 'mog' and saved['config']['n_components'] == 3
+    expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
+    with torch.no_grad():  # the same code on the same weights: equal but for the order of fp32 sums
+        codes = model.encode(expected['x'])
+        assert torch.allclose(codes, expected['codes'], atol=1e-5)
+        assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
+        assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)
+        torch.manual_seed(1)
+        assert torch.allclose(model.image_losses(expected['x'])[1]['recon'], expected['elbo_terms'], rtol=1e-5)
+    model_fn = str(tmp_path / 'm.pth')
+    shutil.copy(path, model_fn)
+    write_dataset(str(tmp_path / 'data'), n_train=200, n_test=50)
+    resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--data_dir',
+                               str(tmp_path / 'data'), '--gpu_id', '-1')
+    assert len(resumed['history']) == 3 and resumed['config'] == {**saved['config'], 'n_epochs': 3,
+                                                                 'data_dir': str(tmp_path / 'data')}
+    assert 'config' not in torch.load(model_fn, weights_only=True)
 
 
 @pytest.mark.parametrize('saved, likelihood', [

@@ -8,7 +8,7 @@ import torch
 import analysis
 import predict
 import train
-from config import DEFAULTS
+from config import DATA, MODEL, PART_OPTIONS, TRAINING
 from checkpoint import load_checkpoint, resumable_flags
 from data_loader import load_dataset, split_train_valid
 from helpers import TINY, expect_usage_error, printed_losses, run_script
@@ -44,10 +44,13 @@ def test_verbose_2_prints_the_whole_model_and_the_optimizer(data_dir, tmp_path, 
 def test_checkpoint_loads_with_weights_only(trained):
     model_fn, _ = trained
     checkpoint = torch.load(model_fn, weights_only=True)
-    assert set(checkpoint) == {'model', 'opt', 'config', 'history', 'last'}
+    assert set(checkpoint) == {'model', 'opt', 'model_config', 'training_config', 'data_config', 'history', 'last'}
     assert set(checkpoint['last']) == {'model', 'scheduler', 'rng', 'average'}
-    assert set(checkpoint['config']) == set(DEFAULTS)  # the config, without run-only flags such as --model_fn
-    assert checkpoint['config']['btl_size'] == 2 and checkpoint['config']['hidden_sizes'] == [64, 32]
+    # the config in its parts, without run-only flags such as --model_fn
+    assert set(checkpoint['model_config']) == set(MODEL) | set(PART_OPTIONS)
+    assert set(checkpoint['training_config']) == set(TRAINING) and set(checkpoint['data_config']) == set(DATA)
+    assert checkpoint['model_config']['btl_size'] == 2 and checkpoint['model_config']['hidden_sizes'] == [64, 32]
+    assert checkpoint['training_config']['n_epochs'] == 3
     assert [h['epoch'] for h in checkpoint['history']] == [1, 2, 3]
     assert 'state' in checkpoint['opt']
     assert not [f for f in os.listdir(os.path.dirname(model_fn)) if f.endswith('.tmp')]
@@ -169,11 +172,11 @@ def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
         torch.save({'state_dict': {}}, path)
     elif content == 'bad_weights':
         checkpoint = torch.load(model_fn, weights_only=True)
-        checkpoint['config']['btl_size'] = 5
+        checkpoint['model_config']['btl_size'] = 5
         torch.save(checkpoint, path)
     elif content == 'huge_config':
         checkpoint = torch.load(model_fn, weights_only=True)
-        checkpoint['config']['hidden_sizes'] = [10 ** 8]
+        checkpoint['model_config']['hidden_sizes'] = [10 ** 8]
         torch.save(checkpoint, path)
     elif content is not None:
         path.write_bytes(content)

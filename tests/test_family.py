@@ -11,6 +11,7 @@ from torch.distributions import Normal
 
 import predict
 import train
+from checkpoint import load_checkpoint
 from config import make_config
 from data_loader import write_idx
 from helpers import assert_same_run, expect_usage_error
@@ -62,7 +63,7 @@ def train_variant(folder, data_dir, flags):
 @pytest.mark.parametrize('name', VARIANTS)
 def test_variant_trains_and_reloads_in_predict(name, data_dir, tmp_path, capsys):
     model_fn = train_variant(tmp_path, data_dir, VARIANTS[name])
-    checkpoint = torch.load(model_fn, weights_only=True)
+    checkpoint = load_checkpoint(model_fn)
     assert len(checkpoint['history']) == 2
     out_dir = tmp_path / 'predict'
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
@@ -281,7 +282,7 @@ def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
                                 '--verbose', '0', '--activation', 'none', '--use_dropout', '--dropout_p', '0',
                                 '--hidden_sizes', '32', '--btl_size', str(k), '--n_epochs', '150', '--lr', '3e-3',
                                 '--batch_size', '32']), 'train.py')
-    checkpoint = torch.load(model_fn, weights_only=True)
+    checkpoint = load_checkpoint(model_fn)
     model = build_model(checkpoint['config'])
     model.load_state_dict(checkpoint['model'])
     model.eval()
@@ -345,7 +346,7 @@ def test_a_new_part_is_in_the_help_trains_resumes_and_is_named_by_predict(flags,
     if '--likelihood' in flags:
         assert metrics['likelihood'].startswith(label) and metrics['nats_of_log_px'] is True and label in printed
     else:
-        assert build_model(torch.load(model_fn, weights_only=True)['config']).prior.label in label
+        assert build_model(load_checkpoint(model_fn)['config']).prior.label in label
 
 
 def test_the_mixture_prior_is_a_normalised_density_of_its_weighted_components():

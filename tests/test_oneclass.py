@@ -93,7 +93,7 @@ def test_an_interrupted_class_is_resumed_where_it_stopped(fashion_dir, tmp_path)
     assert flags[-2:] == ['--n_epochs', '1']
     flags_fn.write_text((whole / 'class_5.flags.json').read_text())  # what the full command asks for
     checkpoint = torch.load(out_dir / 'class_5.pth', weights_only=True)
-    checkpoint['config']['n_epochs'] = 3
+    checkpoint['training_config']['n_epochs'] = 3
     torch.save(checkpoint, out_dir / 'class_5.pth')
     resumed = run(fashion_dir, out_dir, '--classes', '5')
     history = torch.load(out_dir / 'class_5.pth', weights_only=True)['history']
@@ -111,7 +111,7 @@ def test_other_flags_in_the_same_folder_are_refused_unless_overwrite(fashion_dir
     (out_dir / 'oneclass.json').unlink()
     expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'was trained with other flags; give --overwrite')
     run(fashion_dir, out_dir, '--classes', '1', '--btl_size', '3', '--overwrite')
-    assert torch.load(out_dir / 'class_1.pth', weights_only=True)['config']['btl_size'] == 3
+    assert torch.load(out_dir / 'class_1.pth', weights_only=True)['model_config']['btl_size'] == 3
 
 
 @pytest.mark.parametrize('flags, match', [

@@ -122,7 +122,7 @@ def test_a_recipe_goes_on_where_its_checkpoint_stopped_and_refuses_changed_flags
     # A run stopped after epoch 1 of 3 (its flags file says 3): the next run trains epochs 2 and 3.
     flags = json.loads((recipes_dir / 'ae30.flags.json').read_text())
     (recipes_dir / 'ae30.flags.json').write_text(json.dumps(flags[:-2]))  # the flags without --n_epochs 1
-    first['config']['n_epochs'] = 3
+    first['training_config']['n_epochs'] = 3
     torch.save(first, recipes_dir / 'ae30.pth')
     capsys.readouterr()
     recipes.main(common)

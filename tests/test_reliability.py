@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import checkpoint
+import oneclass
 import predict
+import recipes
 import train
 from helpers import ROOT, TINY, ScalarModel, assert_same_run, expect_usage_error, run_script, train_in_process
 from trainer import Trainer
@@ -45,8 +47,8 @@ def test_resume_may_switch_amp_and_compile_and_takes_defaults_for_flags_newer_th
     model_fn = str(tmp_path / 'm.pth')
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')
     saved = torch.load(model_fn, weights_only=True)
-    assert saved['config']['amp'] is False
-    del saved['config']['amp'], saved['config']['compile']  # as a checkpoint from before them holds it
+    assert saved['training_config']['amp'] is False
+    del saved['training_config']['amp'], saved['training_config']['compile']  # as a checkpoint from before them holds it
     torch.save(saved, model_fn)
     resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '2')
     assert resumed['config']['amp'] is False and resumed['config']['compile'] is False
@@ -217,6 +219,12 @@ def test_unwritable_out_dir_is_reported_before_any_work(data_dir, tmp_path, caps
     blocker.write_text('')
     expect_usage_error(predict.main, 'predict.py', ['--model_fn', model_fn, '--out_dir', str(blocker / 'figs')],
                        capsys, f'--out_dir {blocker / "figs"}: cannot create it')
+    expect_usage_error(oneclass.main, 'oneclass.py', ['--dataset', 'mnist', '--data_dir', data_dir, '--out_dir',
+                                                      str(blocker / 'oc'), '--gpu_id', '-1'],
+                       capsys, f'--out_dir {blocker / "oc"}: cannot create it')
+    expect_usage_error(recipes.main, 'recipes.py', ['--data_dir', data_dir, '--recipes_dir', str(blocker / 'r')],
+                       capsys, f'--recipes_dir {blocker / "r"}: cannot create it')
+    assert sorted(os.listdir(tmp_path)) == ['a-file', 'm.pth']  # no class trained, no recipe begun
 
 
 # --- nothing replaced by accident, files as the user's umask says, a log that stays readable ---
