@@ -412,14 +412,20 @@ def size_text(image):
 def convert(images, image_size=None, channels=None):
     """uint8 images (..., C, H, W) resized to image_size (H, W) and converted to channels (1:
     gray, 3: colour) where given and different."""
-    from torchvision.transforms.v2 import functional  # slow to import, and only needed here
     if channels == 1 and images.shape[-3] == 3:
-        images = functional.rgb_to_grayscale(images)
+        images = torchvision_functional().rgb_to_grayscale(images)
     elif channels == 3 and images.shape[-3] == 1:
         images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
     if image_size and tuple(images.shape[-2:]) != tuple(image_size):
-        images = functional.resize(images, list(image_size), antialias=True)
+        images = torchvision_functional().resize(images, list(image_size), antialias=True)
     return images.contiguous()
+
+
+def torchvision_functional():
+    """torchvision's image functions, imported when first needed: the import takes seconds (it loads
+    torch._dynamo), which a run on IDX files at their own size never spends."""
+    from torchvision.transforms.v2 import functional
+    return functional
 
 
 def class_indices(classes, names, flag='--target_labels'):
