@@ -5,10 +5,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from data_loader import to_input
-from utils import EVAL_SEED, keep_freed_memory, seeded
+from utils import EVAL_SEED, keep_freed_memory, progress_bar, seeded
 
 EPS = 1e-6  # keeps BCE finite for outputs at (or, for an MSE model, beyond) 0 and 1
 NEAR_ZERO = .01  # a code activation this close to 0 counts as off, for sparse codes
@@ -151,8 +150,8 @@ def variational_bounds(model, images, n_samples, progress=False):
     batch_size = max(1, max_rows // n_samples)
     chunk = math.ceil(n_samples / math.ceil(n_samples / max_rows))
     neg_elbo, neg_iwae = [], []
-    with tqdm(total=len(images), desc=f'-log p(x), {n_samples} samples per image', unit='image', leave=False,
-              disable=None if progress else True) as bar:
+    with progress_bar(total=len(images), shown=progress, desc=f'-log p(x), {n_samples} samples per image',
+                      unit='image', leave=False) as bar:
         for batch in images.split(batch_size):
             x = to_input(batch)
             log_sum_exp = torch.full((len(x),), -math.inf, device=x.device)

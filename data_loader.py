@@ -16,9 +16,8 @@ import zlib
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from utils import CliError, first_line
+from utils import CliError, first_line, progress_bar
 
 DATASETS = {
     # name: (torchvision class name, its raw folder under data_dir, extra folders to search)
@@ -352,8 +351,7 @@ def decode_images(paths, image_size=None, channels=None):
     import torchvision.io  # slow to import, and only needed here
     images = first = None
     undecodable = []
-    for i, path in enumerate(tqdm(paths, desc=f'decoding {len(paths)} images', unit='image', disable=None,
-                                  leave=False)):
+    for i, path in enumerate(progress_bar(paths, desc=f'decoding {len(paths)} images', unit='image', leave=False)):
         try:
             image = torchvision.io.decode_image(torchvision.io.read_file(path), torchvision.io.ImageReadMode.UNCHANGED)
         except RuntimeError as e:

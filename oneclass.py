@@ -15,7 +15,6 @@ import os
 import sys
 
 import torch
-from tqdm import tqdm
 
 import analysis
 import figures
@@ -24,9 +23,8 @@ from checkpoint import load_checkpoint
 from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid
 from model import load_model
-from trainer import tqdm_disable
-from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, make_out_dir, run_cli,
-                   run_sibling, set_seed)
+from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, make_out_dir,
+                   progress_bar, run_cli, run_sibling, set_seed)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
 # anomaly detection".
@@ -200,7 +198,7 @@ def main(argv=None):
     set_seed(0)  # the IWAE draws
 
     per_class = {}
-    bar = tqdm(classes, desc='classes', unit='class', disable=tqdm_disable(1, 1))
+    bar = progress_bar(classes, desc='classes', unit='class')
     for c in bar:
         bar.set_postfix_str(f'training {names[c]}')
         model_fn = train_class(args, c, names[c], train_flags)

@@ -12,13 +12,11 @@ checkpoint stopped (a recipe longer than a sitting resumes), and evaluates it af
 import json
 import os
 
-from tqdm import tqdm
 
-from trainer import tqdm_disable
 from checkpoint import load_checkpoint
 from config import RECIPES
-from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, make_out_dir, print_rows, run_cli,
-                   run_sibling)
+from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, make_out_dir, print_rows,
+                   progress_bar, run_cli, run_sibling)
 
 # Train-time targets, in minutes on 2 CPU cores; the papers' schedule trains for as long as it takes.
 RECIPE_MINUTES = {**{name: 15 for name in ('ae2', 'ae30', 'vae20', 'classic_vae20', 'anomaly')},
@@ -99,7 +97,7 @@ def run_recipes(args):
     make_out_dir(args.recipes_dir, '--recipes_dir')
     extra = ['--amp'] * args.amp + ['--compile'] * args.compile
     results = {}
-    for name in tqdm(args.recipes, desc='recipes', unit='recipe', disable=tqdm_disable(1, 1)):
+    for name in progress_bar(args.recipes, desc='recipes', unit='recipe'):
         flags, what, iw_samples = RECIPES[name]
         model_fn = os.path.join(args.recipes_dir, name + '.pth')
         flags = flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else []) + extra

@@ -3,10 +3,9 @@ import copy
 import time
 
 import torch
-from tqdm import tqdm
 
 from data_loader import binary_input, to_input
-from utils import EVAL_SEED, seeded
+from utils import EVAL_SEED, progress_bar, seeded
 
 # Validation has no backward pass to hold memory for; larger batches use the matrix products
 # better (docs/performance.md).
@@ -133,14 +132,11 @@ def validate(model, images, indices=None, amp=False, loss_fn=None):
         return run_epoch(model, images, VALID_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn)
 
 
-def tqdm_disable(verbose, level):
-    """tqdm's disable argument: a bar from this verbosity level on, and only on a terminal
-    (None: tqdm leaves it out when the output is a file, so a log holds plain lines)."""
-    return None if verbose >= level else True
-
-
 def format_losses(losses):
-    return ' '.join(f'{name}={value:.4f}' for name, value in losses.items())
+    """name=value pairs; a part equal to the loss (the reconstruction of an AutoEncoder without a
+    penalty) is not printed twice."""
+    return ' '.join(f'{name}={value:.4f}' for name, value in losses.items()
+                    if name == 'loss' or value != losses.get('loss'))
 
 
 def rng_states():
@@ -191,8 +187,8 @@ class Trainer:
         are given (train.py binarizes them once)."""
         valid_images = images if valid_images is None else valid_images
         # The bar is cleared when training ends: the per-epoch lines are the record.
-        epochs = tqdm(range(len(self.history) + 1, n_epochs + 1), desc='epochs', disable=tqdm_disable(self.verbose, 1),
-                      leave=False, dynamic_ncols=True)
+        epochs = progress_bar(range(len(self.history) + 1, n_epochs + 1), shown=self.verbose >= 1, desc='epochs',
+                              leave=False, dynamic_ncols=True)
         with epochs:
             for epoch in epochs:
                 if self.out_of_patience():
@@ -227,8 +223,8 @@ class Trainer:
         self.model.set_epoch(epoch)
         self.evaluated.set_epoch(epoch)
         n_steps = (len(train_indices) + batch_size - 1) // batch_size
-        with tqdm(total=n_steps, desc=f'epoch {epoch}', leave=False, disable=tqdm_disable(self.verbose, 2),
-                  dynamic_ncols=True) as steps:
+        with progress_bar(total=n_steps, shown=self.verbose >= 2, desc=f'epoch {epoch}', leave=False,
+                          dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
                               should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn,
                               binarize=self.binarize, average=self.average)

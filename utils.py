@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 class CliError(Exception):
@@ -83,6 +84,12 @@ def add_gpu_flag(parser):
     """The --gpu_id flag, the same in every script."""
     parser.add_argument('--gpu_id', type=int, default=default_gpu_id(),
                         help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
+
+
+def progress_bar(iterable=None, shown=True, **tqdm_args):
+    """A tqdm bar, drawn when shown and the output is a terminal: a log file gets the scripts' plain
+    lines, not a bar's redraws."""
+    return tqdm(iterable, disable=None if shown else True, **tqdm_args)
 
 
 def make_out_dir(path, flag='--out_dir'):
