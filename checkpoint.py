@@ -22,6 +22,8 @@ from config import DEFAULTS, SAVED_PARTS, merge_config, saved_config
 from utils import CliError
 
 CHECKPOINT_KEYS = ('model', *SAVED_PARTS, 'history')
+# The keys a checkpoint holds at least: today's, and those of files saved before the config was in parts.
+LAYOUTS = (CHECKPOINT_KEYS, ('model', 'config', 'history'))
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Flags that may be given with --resume: they do not change what is being trained.
 RESUMABLE_FLAGS = {'n_epochs', 'patience', 'amp', 'compile', 'data_dir'}
@@ -90,8 +92,7 @@ def load_checkpoint(path, map_location='cpu'):
             raise CliError(f'{path}: refused: it holds {what}, not only weights and plain values; '
                            f'nothing in it was run')
         raise CliError(f'{path}: not a readable checkpoint (truncated, or not written by torch.save)')
-    older_layout = isinstance(checkpoint, dict) and {'model', 'config', 'history'} <= checkpoint.keys()
-    if not older_layout and not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= checkpoint.keys()):
+    if not (isinstance(checkpoint, dict) and any(set(keys) <= checkpoint.keys() for keys in LAYOUTS)):
         raise CliError(f'{path}: not a checkpoint of this repository (expected a dict with keys '
                        f'{", ".join(CHECKPOINT_KEYS)})')
     config = merge_config({}, saved_config(checkpoint))
