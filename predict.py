@@ -320,8 +320,11 @@ def below_baseline(m):
         lines.append(f'warning: the model reconstructs worse than PCA-{m["pca_components"]} (squared error '
                      f'{m["sse_per_image"]:.4f} against {m["pca_sse_per_image"]:.4f} per image); {advice}')
     if m.get('knn_accuracy', 1.) < m.get('pca_knn_accuracy', 0.):
+        # Codes that reconstruct better than PCA's are not under-trained: the loss asks for no classes.
+        why = advice if lines else ('the codes reconstruct better than PCA\'s, but a reconstruction loss does not ask '
+                                    'them to keep the classes apart; try a wider --btl_size')
         lines.append(f'warning: the {KNN_K}-NN accuracy of the codes is below that of PCA-{m["pca_components"]}\'s '
-                     f'({m["knn_accuracy"]:.4f} against {m["pca_knn_accuracy"]:.4f}); {advice}')
+                     f'({m["knn_accuracy"]:.4f} against {m["pca_knn_accuracy"]:.4f}); {why}')
     return lines
 
 

@@ -128,8 +128,12 @@ def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_
     assert len(err) == 1 + worse_codes
 
 
-def test_below_baseline_says_nothing_of_a_model_that_beats_pca():
+def test_below_baseline_says_nothing_of_a_model_that_beats_pca_and_names_the_likely_cause():
     m = {'sse_per_image': 1., 'pca_sse_per_image': 2., 'knn_accuracy': .9, 'pca_knn_accuracy': .8,
          'pca_components': 2}
     assert predict.below_baseline(m) == []
-    assert len(predict.below_baseline({**m, 'sse_per_image': 3., 'knn_accuracy': .7})) == 2
+    both = predict.below_baseline({**m, 'sse_per_image': 3., 'knn_accuracy': .7})
+    assert len(both) == 2 and all('under-trained' in line for line in both)
+    # codes that reconstruct better than PCA's are not called under-trained
+    codes_only, = predict.below_baseline({**m, 'knn_accuracy': .7})
+    assert 'under-trained' not in codes_only and 'reconstruct better than PCA' in codes_only
