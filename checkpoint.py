@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from config import DEFAULTS, SAVED_PARTS, merge_config, saved_config
+from config import DEFAULTS, SAVED_PARTS, merge_config, saved_config, wrong_type
 from utils import CliError
 
 CHECKPOINT_KEYS = ('model', *SAVED_PARTS, 'history')
@@ -96,6 +96,9 @@ def load_checkpoint(path, map_location='cpu'):
         raise CliError(f'{path}: not a checkpoint of this repository (expected a dict with keys '
                        f'{", ".join(CHECKPOINT_KEYS)})')
     config = merge_config({}, saved_config(checkpoint))
+    problem = wrong_type(config)
+    if problem:
+        raise CliError(f'{path}: its config is not one that train.py writes ({problem})')
     return {**{k: v for k, v in checkpoint.items() if k not in SAVED_PARTS}, 'config': config}
 
 

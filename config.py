@@ -1,4 +1,7 @@
-"""The default configuration of the models, of training and of the data, written once.
+"""The default configuration of the models, of training and of the data, written once, as three
+typed dataclasses: ModelConfig (what rebuilds the network), TrainingConfig and DataConfig. A
+checkpoint saves the three apart; the code passes a run's config around as one dict of flags
+(DEFAULTS' keys), which merge_config builds and wrong_type checks against the fields' types.
 
 train.py's flags take their defaults from here, bench.py, recipes.py and the tests build their
 configurations from here, and a checkpoint written before a flag existed is completed from
@@ -6,57 +9,68 @@ here (every flag that came later defaults to what those checkpoints were made wi
 recipes of docs/results.md and of the one-class protocol are here too, as train.py's flags, for
 recipes.py, oneclass.py and bench.py alike.
 """
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
 from distributions import DEFAULT_LIKELIHOOD, part_options
 
-MODEL = dict(
-    model='ae',          # 'ae' or 'vae'
-    arch='mlp',          # 'mlp', 'conv' or 'lstm'
-    n_layers=5,          # hidden layers per side when hidden_sizes is None
-    hidden_sizes=None,   # explicit encoder sizes (conv: channels; lstm: units)
-    btl_size=10,
-    use_dropout=False,   # Dropout instead of BatchNorm in every Block
-    dropout_p=.3,
-    bn_eps=1e-5,         # PyTorch's default
-    activation='relu',
-    tied=False,
-    gated=False,         # --arch mlp: hidden layers of gated units, h = (W1 x) * sigmoid(W2 x)
-    likelihood=None,     # the decoder's distribution, a name of distributions.LIKELIHOODS; None: the model's own
-    kl_weight=1.,
-    kl_anneal=0,
-    prior='normal',      # VAE: a name of distributions.PRIORS, N(0, I) by default
-    iwae_k=1,            # VAE: train on the importance-weighted bound with this many samples (1: the ELBO)
-    noise=None,          # 'gaussian', 'masking' or 'salt_pepper'
-    noise_level=.3,
-    l1=0.,
-    sparsity=None,
-    sparsity_weight=1.,
-    image_shape=[1, 28, 28],  # (channels, height, width) of the input: not a flag, train.py sets it from the data
-)
+@dataclass
+class ModelConfig:
+    """What rebuilds the network and its loss (with the VAE parts' own options, PART_OPTIONS)."""
+    model: str = 'ae'                     # 'ae' or 'vae'
+    arch: str = 'mlp'                     # a name of model.ARCHITECTURES
+    n_layers: int = 5                     # hidden layers per side when hidden_sizes is None
+    hidden_sizes: list[int] | None = None  # explicit encoder sizes (conv: channels; lstm: units)
+    btl_size: int = 10
+    use_dropout: bool = False             # Dropout instead of BatchNorm in every Block
+    dropout_p: float = .3
+    bn_eps: float = 1e-5                  # PyTorch's default
+    activation: str = 'relu'
+    tied: bool = False
+    gated: bool = False                   # --arch mlp: hidden layers of gated units, h = (W1 x) * sigmoid(W2 x)
+    likelihood: str | None = None         # the decoder's distribution, a name of distributions.LIKELIHOODS; None: the model's own
+    kl_weight: float = 1.
+    kl_anneal: int = 0
+    prior: str = 'normal'                 # VAE: a name of distributions.PRIORS, N(0, I) by default
+    iwae_k: int = 1                       # VAE: train on the importance-weighted bound with this many samples (1: the ELBO)
+    noise: str | None = None              # 'gaussian', 'masking' or 'salt_pepper'
+    noise_level: float = .3
+    l1: float = 0.
+    sparsity: float | None = None
+    sparsity_weight: float = 1.
+    # (channels, height, width) of the input: not a flag, train.py sets it from the data
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
 
-TRAINING = dict(
-    n_epochs=20,         # when not given: this, or more epochs for min_steps on a small data set
-    batch_size=256,      # when not given: this, or less on a small data set (train.py, fit_length)
-    min_steps=2000,      # optimizer steps that a run of the default length takes at least
-    train_ratio=.8,
-    optimizer='adam',
-    lr=1e-3,
-    weight_decay=0.,
-    scheduler='none',
-    patience=0,          # stop after this many epochs without a better valid loss (0: never)
-    ema=0.,              # decay of an exponential moving average of the weights, which is validated and saved (0: none)
-    amp=False,
-    compile=False,
-    seed=1,
-)
 
-DATA = dict(
-    dataset='mnist',
-    data_dir='./data',
-    target_labels=None,  # class indices
-    image_size=None,     # [height, width] to resize the images to
-    channels=None,       # 1 (gray) or 3 (colour) to convert the images to
-    binarize=False,      # pixels as Bernoulli draws: afresh for every training batch, once for the others
-)
+@dataclass
+class TrainingConfig:
+    n_epochs: int = 20                    # when not given: this, or more epochs for min_steps on a small data set
+    batch_size: int = 256                 # when not given: this, or less on a small data set (train.py, fit_length)
+    min_steps: int = 2000                 # optimizer steps that a run of the default length takes at least
+    train_ratio: float = .8
+    optimizer: str = 'adam'
+    lr: float = 1e-3
+    weight_decay: float = 0.
+    scheduler: str = 'none'
+    patience: int = 0                     # stop after this many epochs without a better valid loss (0: never)
+    ema: float = 0.                       # decay of an average of the weights, which is validated and saved (0: none)
+    amp: bool = False
+    compile: bool = False
+    seed: int = 1
+
+
+@dataclass
+class DataConfig:
+    dataset: str = 'mnist'
+    data_dir: str = './data'
+    target_labels: list[int] | None = None  # class indices
+    image_size: list[int] | None = None     # [height, width] to resize the images to
+    channels: int | None = None             # 1 (gray) or 3 (colour) to convert the images to
+    binarize: bool = False                  # pixels as Bernoulli draws: afresh for every training batch, once for the others
+
+
+MODEL, TRAINING, DATA = (asdict(part()) for part in (ModelConfig, TrainingConfig, DataConfig))
 
 # The binarized-data protocol of the likelihood literature (Burda et al. 2016; Tomczak and Welling
 # 2018; Norouzi et al. 2020): a VAE of two gated hidden layers of 300 units and a 40-d code,
@@ -99,6 +113,9 @@ ONECLASS_RECIPE = '--arch conv --hidden_sizes 32 64 128 --btl_size 128 --min_ste
 PART_OPTIONS = {name: default for name, (_, _, _, default, _) in part_options().items()}
 
 DEFAULTS = {**MODEL, **PART_OPTIONS, **TRAINING, **DATA}
+# The type of every key: a field's, or a part option's, that of its default.
+TYPES = {**{f.name: f.type for part in (ModelConfig, TrainingConfig, DataConfig) for f in fields(part)},
+         **{name: type(default) for name, default in PART_OPTIONS.items()}}
 # A checkpoint keeps its config in three parts: the model's (all that rebuilds the network and its
 # loss), the training's and the data's. The flags of one run (--model_fn, --gpu_id, --verbose,
 # --resume, --overwrite) are not saved.
@@ -123,6 +140,27 @@ def merge_config(flags, saved=None):
     if config['likelihood'] is None:
         config['likelihood'] = DEFAULT_LIKELIHOOD[config['model']]
     return config
+
+
+def wrong_type(config):
+    """The first value of config that is not of its key's type, in words (an int passes for a float,
+    a bool for nothing but a bool); None when every value is."""
+    for name, value in config.items():
+        if name in TYPES and not has_type(value, TYPES[name]):
+            return f'{name} is {value!r}, not {getattr(TYPES[name], "__name__", TYPES[name])}'
+    return None
+
+
+def has_type(value, kind):
+    if isinstance(kind, types.UnionType):
+        return any(has_type(value, k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(has_type(v, typing.get_args(kind)[0]) for v in value)
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, int if kind is int else (int, float) if kind is float else kind)
 
 
 def saved_parts(config):

@@ -166,6 +166,7 @@ def test_train_refuses_an_unwritable_model_fn(data_dir, tmp_path, capsys):
     ('other_dict', 'not a checkpoint of this repository'),
     ('bad_weights', 'weights do not match its config'),
     ('huge_config', 'weights do not match its config'),  # 313 GB if it were built before the check
+    ('mistyped_config', "its config is not one that train.py writes (btl_size is '2', not int)"),
 ])
 def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
     model_fn, _ = trained
@@ -175,13 +176,10 @@ def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
         path.write_bytes(data[:len(data) // 2])
     elif content == 'other_dict':
         torch.save({'state_dict': {}}, path)
-    elif content == 'bad_weights':
+    elif content in ('bad_weights', 'huge_config', 'mistyped_config'):
         checkpoint = torch.load(model_fn, weights_only=True)
-        checkpoint['model_config']['btl_size'] = 5
-        torch.save(checkpoint, path)
-    elif content == 'huge_config':
-        checkpoint = torch.load(model_fn, weights_only=True)
-        checkpoint['model_config']['hidden_sizes'] = [10 ** 8]
+        checkpoint['model_config'].update({'bad_weights': {'btl_size': 5}, 'huge_config': {'hidden_sizes': [10 ** 8]},
+                                           'mistyped_config': {'btl_size': '2'}}[content])
         torch.save(checkpoint, path)
     elif content is not None:
         path.write_bytes(content)
