@@ -152,6 +152,7 @@ def wrong_type(config):
 
 
 def has_type(value, kind):
+    """Whether value is of kind: a type, list[T], or a union of them such as list[int] | None."""
     if isinstance(kind, types.UnionType):
         return any(has_type(value, k) for k in typing.get_args(kind))
     if typing.get_origin(kind) is list:
