@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from distributions import DEFAULT_LIKELIHOOD, part_options
 
+
 @dataclass
 class ModelConfig:
     """What rebuilds the network and its loss (with the VAE parts' own options, PART_OPTIONS)."""

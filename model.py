@@ -195,8 +195,10 @@ class RowLSTMDecoder(nn.Module):
 
 class Codec(nn.Module):
     """What every model shares: an encoder and a decoder network (of any --arch), input
-    corruption for denoising, the reconstruction, and the batch loss as the mean of the
-    per-image losses that each model defines in image_losses()."""
+    corruption for denoising, decoding and log p(x|z) under the decoder's distribution (a
+    subclass sets self.likelihood, in the order it registered its parts before, so that older
+    checkpoints' optimizer states still match), and the batch loss as the mean of the per-image
+    losses that each model defines in image_losses()."""
 
     def __init__(self, encoder, decoder, btl_size, noise=None, noise_level=0.):
         super().__init__()
@@ -225,6 +227,14 @@ class Codec(nn.Module):
 
     def forward(self, x):
         return self.decode(self.encode(x))
+
+    def decode(self, z):
+        return self.likelihood.mean(self.decoder(z).float())
+
+    def log_likelihood(self, out, x):
+        """log p(x | z) of each image, summed over its pixels, from the decoder's output; x
+        broadcasts against it (one image for many samples of z)."""
+        return self.likelihood.log_prob(out.float(), x)  # fp32 also under autocast (train.py --amp)
 
     def hidden_features(self, x):
         """The encoder's last hidden layer: the input of the Linear that every encoder ends
@@ -263,13 +273,10 @@ class AutoEncoder(Codec):
         # |z| = (batch_size, btl_size)
         return torch.sigmoid(z) if self.sparsity else z
 
-    def decode(self, z):
-        return self.likelihood.mean(self.decoder(z))
-
     def image_losses(self, x):
         """The reconstruction error of each image, summed over its pixels, and the penalties."""
         z = self.encode(self.training_input(x))
-        recon = -self.likelihood.log_prob(self.decoder(z).float(), x)  # fp32 also under autocast (train.py --amp)
+        recon = -self.log_likelihood(self.decoder(z), x)
         # |recon| = (batch_size,)
         parts = {'recon': recon}
         if self.l1:
@@ -340,14 +347,6 @@ class VAE(Codec):
     def sample_prior(self, n, device):
         """n codes drawn from the prior."""
         return self.prior.sample(n, device, self.prior_components())
-
-    def decode(self, z):
-        return self.likelihood.mean(self.decoder(z).float())
-
-    def log_likelihood(self, logits, x):
-        """log p(x | z) of each image, summed over its pixels, from the decoder's output; x
-        broadcasts against it (one image for many samples of z)."""
-        return self.likelihood.log_prob(logits.float(), x)  # fp32 also under autocast (train.py --amp)
 
     def image_losses(self, x):
         if self.training and self.iwae_k > 1:

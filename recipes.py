@@ -12,7 +12,6 @@ checkpoint stopped (a recipe longer than a sitting resumes), and evaluates it af
 import json
 import os
 
-
 from checkpoint import load_checkpoint
 from config import RECIPES
 from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, make_out_dir, print_rows,
