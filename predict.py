@@ -290,7 +290,8 @@ def metrics_table(m, knn_k):
     recon = 'reconstruction at z = mu' if 'neg_elbo' in m else 'reconstruction'
     rows = [(f'{recon}, squared error per image', 'sse_per_image', 'pca_sse_per_image'),
             (f'{recon}, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image'),
-            (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy')]
+            (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy'),
+            ('  the same inside the training set, leave-one-out', 'train_knn_accuracy', 'pca_train_knn_accuracy')]
     header = f'test set ({m["n_test"]} images)'
     lines = [f'{header:<50} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}']
     lines += [f'{label:<50} {m[ours]:>10.4f} {m[baseline]:>10.4f}' for label, ours, baseline in rows if ours in m]
@@ -320,9 +321,18 @@ def below_baseline(m):
         lines.append(f'warning: the model reconstructs worse than PCA-{m["pca_components"]} (squared error '
                      f'{m["sse_per_image"]:.4f} against {m["pca_sse_per_image"]:.4f} per image); {advice}')
     if m.get('knn_accuracy', 1.) < m.get('pca_knn_accuracy', 0.):
-        # Codes that reconstruct better than PCA's are not under-trained: the loss asks for no classes.
-        why = advice if lines else ('the codes reconstruct better than PCA\'s, but a reconstruction loss does not ask '
-                                    'them to keep the classes apart; try a wider --btl_size')
+        # Codes that reconstruct better than PCA's are not under-trained: the loss asks for no classes,
+        # and an encoder that keeps the training images' classes apart as well as PCA may not do so
+        # for new images.
+        if lines:
+            why = advice
+        elif m['train_knn_accuracy'] >= m['pca_train_knn_accuracy']:
+            why = (f'inside the training set they keep the classes apart as well as PCA\'s '
+                   f'({m["train_knn_accuracy"]:.4f} against {m["pca_train_knn_accuracy"]:.4f}, leave-one-out): the '
+                   f'encoder does not carry that over to new images; more training images, or a wider --btl_size')
+        else:
+            why = ('the codes reconstruct better than PCA\'s, but a reconstruction loss does not ask them to keep the '
+                   'classes apart; try a wider --btl_size')
         lines.append(f'warning: the {KNN_K}-NN accuracy of the codes is below that of PCA-{m["pca_components"]}\'s '
                      f'({m["knn_accuracy"]:.4f} against {m["pca_knn_accuracy"]:.4f}); {why}')
     return lines

@@ -39,6 +39,24 @@ def test_knn_predict_majority_of_nearest():
     assert analysis.knn_predict(train, labels, torch.tensor([[.05], [5.05]]), k=3).tolist() == [0, 2]
 
 
+def test_leave_one_out_accuracy_leaves_each_code_out_of_its_own_neighbours():
+    # pairs of near codes of opposite labels: each code's nearest other code has the other label
+    codes, labels = torch.tensor([[0.], [1.], [10.], [11.]]), torch.tensor([0, 1, 0, 1])
+    assert analysis.knn_predict(codes, labels, codes, k=1).tolist() == labels.tolist()  # itself
+    assert analysis.leave_one_out_accuracy(codes, labels, k=1) == 0.
+    assert analysis.leave_one_out_accuracy(codes, labels, k=1, max_queries=2) == 0.
+    # against a direct computation, across chunks
+    torch.manual_seed(0)
+    codes, labels = torch.randn(300, 2), torch.randint(0, 3, (300,))
+    codes[:150] += 2 * labels[:150, None]  # half the codes sit by label
+    distances = torch.cdist(codes, codes).fill_diagonal_(float('inf'))
+    direct = torch.mode(labels[distances.topk(5, largest=False).indices], 1).values
+    expected = (direct == labels).float().mean().item()
+    assert analysis.leave_one_out_accuracy(codes, labels, k=5) == pytest.approx(expected)
+    rows = torch.randperm(300)[:100]  # some of the training codes as queries, in chunks of 7
+    assert torch.equal(analysis.knn_predict(codes, labels, codes[rows], 5, chunk=7, query_rows=rows), direct[rows])
+
+
 def test_pca_matches_svd_and_reconstructs_exactly_with_all_components():
     torch.manual_seed(0)
     x = torch.randn(200, 6) @ torch.randn(6, 6)

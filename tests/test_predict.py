@@ -15,7 +15,8 @@ FIGURES = {'recon': ['reconstructions.png'], 'latent': ['latent.png'], 'boundary
            'manifold': ['manifold.png'], 'samples': ['samples.png'], 'interp': ['interp.png'],
            'anomaly': ['anomaly_hist.png', 'anomalies.png'], 'metrics': [], 'curves': ['curves.png']}
 METRICS = {'dataset', 'n_test', 'sse_per_image', 'bce_per_image', 'knn_accuracy', 'pca_components',
-           'pca_sse_per_image', 'pca_bce_per_image', 'pca_knn_accuracy'}
+           'pca_sse_per_image', 'pca_bce_per_image', 'pca_knn_accuracy', 'train_knn_accuracy',
+           'pca_train_knn_accuracy'}
 AE_METRICS = {'recon'}
 VAE_METRICS = {'recon_at_drawn_z', 'kl', 'neg_elbo', 'active_units', 'iwae_samples', 'iwae_cross_entropy',
                'iwae_cross_entropy_std_error', 'likelihood', 'nats_of_log_px'}
@@ -130,10 +131,14 @@ def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_
 
 def test_below_baseline_says_nothing_of_a_model_that_beats_pca_and_names_the_likely_cause():
     m = {'sse_per_image': 1., 'pca_sse_per_image': 2., 'knn_accuracy': .9, 'pca_knn_accuracy': .8,
-         'pca_components': 2}
+         'train_knn_accuracy': .8, 'pca_train_knn_accuracy': .85, 'pca_components': 2}
     assert predict.below_baseline(m) == []
     both = predict.below_baseline({**m, 'sse_per_image': 3., 'knn_accuracy': .7})
     assert len(both) == 2 and all('under-trained' in line for line in both)
     # codes that reconstruct better than PCA's are not called under-trained
     codes_only, = predict.below_baseline({**m, 'knn_accuracy': .7})
     assert 'under-trained' not in codes_only and 'reconstruct better than PCA' in codes_only
+    # ... and codes that keep the training images' classes apart as well as PCA's, only not the test images'
+    new_images_only, = predict.below_baseline({**m, 'knn_accuracy': .7, 'train_knn_accuracy': .85})
+    assert 'under-trained' not in new_images_only
+    assert '(0.8500 against 0.8500, leave-one-out)' in new_images_only and 'more training images' in new_images_only
