@@ -5,9 +5,9 @@ checkpoint saves the three apart; the code passes a run's config around as one d
 
 train.py's flags take their defaults from here, bench.py, recipes.py and the tests build their
 configurations from here, and a checkpoint written before a flag existed is completed from
-here (every flag that came later defaults to what those checkpoints were made with). The
-recipes of docs/results.md and of the one-class protocol are here too, as train.py's flags, for
-recipes.py, oneclass.py and bench.py alike.
+here (every flag that came later defaults to what those checkpoints were made with, or `upgraded`
+says what they were made with). The recipes of docs/results.md and of the one-class protocol are
+here too, as train.py's flags, for recipes.py, oneclass.py and bench.py alike.
 """
 import types
 import typing
@@ -23,6 +23,7 @@ class ModelConfig:
     arch: str = 'mlp'                     # a name of model.ARCHITECTURES
     n_layers: int = 5                     # hidden layers per side when hidden_sizes is None
     hidden_sizes: list[int] | None = None  # explicit encoder sizes (conv: channels; lstm: units)
+    max_hidden_size: int | None = 1024    # n_layers' widest layer (None: the input's size, as older checkpoints)
     btl_size: int = 10
     use_dropout: bool = False             # Dropout instead of BatchNorm in every Block
     dropout_p: float = .3
@@ -180,11 +181,13 @@ def saved_config(checkpoint):
 
 def upgraded(saved):
     """A config saved by older code in today's keys: the AutoEncoder's loss, 'mse' (or None) or 'bce',
-    is its likelihood, 'mse' or 'bernoulli' (its saved likelihood was the VAE's default, unused)."""
-    if 'loss' not in saved:
+    is its likelihood, 'mse' or 'bernoulli' (its saved likelihood was the VAE's default, unused); its
+    --n_layers sizes fell from the input's size, however large (max_hidden_size None)."""
+    if not saved:
         return saved
-    saved = dict(saved)
-    loss = saved.pop('loss')
-    if saved.get('model', 'ae') == 'ae':
-        saved['likelihood'] = 'bernoulli' if loss == 'bce' else 'mse'
+    saved = {'max_hidden_size': None, **saved}
+    if 'loss' in saved:
+        loss = saved.pop('loss')
+        if saved.get('model', 'ae') == 'ae':
+            saved['likelihood'] = 'bernoulli' if loss == 'bce' else 'mse'
     return saved

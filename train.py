@@ -47,6 +47,9 @@ def add_model_flags(p):
                         'number of input values (784 for MNIST) toward --btl_size, e.g. 784-654-523-393-263-132-2 '
                         'for 5 layers and --btl_size 2 '
                         '(default: %(default)s)')
+    g.add_argument('--max_hidden_size', type=int_at_least(1),
+                   help='with --n_layers: the widest hidden layer; the sizes of larger inputs (a colour folder) fall '
+                        'from this instead of the number of input values (default: %(default)s)')
     g.add_argument('--hidden_sizes', type=int_at_least(1), nargs='+',
                    help='explicit hidden sizes of the encoder, e.g. 512 256 128, mirrored in the decoder; '
                         'overrides --n_layers (with --arch conv: channels; --arch lstm: LSTM units)')
@@ -210,6 +213,7 @@ USED_ONLY_IF = {
     'dropout_p': lambda c: None if c['use_dropout'] else 'applies to --use_dropout only (BatchNorm has no dropout)',
     'bn_eps': lambda c: 'applies to BatchNorm, which --use_dropout has not' if c['use_dropout'] else None,
     'n_layers': lambda c: 'is overridden by --hidden_sizes' if c['hidden_sizes'] else None,
+    'max_hidden_size': lambda c: 'is overridden by --hidden_sizes' if c['hidden_sizes'] else None,
     'noise_level': lambda c: None if c['noise'] else 'sets the level of --noise, which is off',
 }
 

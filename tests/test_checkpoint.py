@@ -123,6 +123,26 @@ def test_a_checkpoint_of_one_config_dict_loads_resumes_and_gives_the_outputs_it_
     assert 'config' not in torch.load(model_fn, weights_only=True)
 
 
+def test_a_checkpoint_saved_before_max_hidden_size_keeps_the_sizes_it_was_made_with(tmp_path):
+    """Before --max_hidden_size, the --n_layers sizes of an input of over 1,024 values fell from the
+    input's size: a checkpoint without the key rebuilds them so and resumes; one with it, from its value."""
+    data_dir, today, older = str(tmp_path / 'data'), str(tmp_path / 'today.pth'), str(tmp_path / 'older.pth')
+    write_dataset(data_dir, n_train=200, n_test=50)
+    flags = ['--data_dir', data_dir, '--image_size', '33', '33', '--n_layers', '1', '--btl_size', '2', '--n_epochs',
+             '1', '--gpu_id', '-1']
+    train_in_process('--model_fn', today, *flags)
+    model, saved = load_model(today, torch.device('cpu'))
+    assert saved['config']['max_hidden_size'] == 1024 and model.encoder[0].block[0].out_features == 513
+    train_in_process('--model_fn', older, *flags, '--max_hidden_size', '2000')  # sized from its 1,089 values
+    raw = torch.load(older, weights_only=True)
+    del raw['model_config']['max_hidden_size']  # as the code before the key saved it
+    torch.save(raw, older)
+    model, saved = load_model(older, torch.device('cpu'))
+    assert saved['config']['max_hidden_size'] is None and model.encoder[0].block[0].out_features == 546
+    resumed = train_in_process('--model_fn', older, '--resume', '--n_epochs', '2', '--gpu_id', '-1')
+    assert resumed['config']['max_hidden_size'] is None and len(resumed['history']) == 2
+
+
 @pytest.mark.parametrize('saved, likelihood', [
     ({'model': 'ae', 'loss': 'mse', 'likelihood': 'bernoulli'}, 'mse'),
     ({'model': 'ae', 'loss': None, 'likelihood': 'bernoulli'}, 'mse'),

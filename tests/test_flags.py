@@ -12,8 +12,8 @@ from model import ARCHITECTURES, build_model
 
 # A value other than its default for each flag that shapes the model or its loss ([] for a switch).
 OTHER_VALUES = {
-    'n_layers': ['2'], 'hidden_sizes': ['8', '4'], 'btl_size': ['3'], 'use_dropout': [], 'dropout_p': ['0.1'],
-    'bn_eps': ['1e-3'], 'prior': ['vamp'], 'n_pseudo': ['7'], 'iwae_k': ['2'], 'gated': [],
+    'n_layers': ['2'], 'max_hidden_size': ['700'], 'hidden_sizes': ['8', '4'], 'btl_size': ['3'], 'use_dropout': [],
+    'dropout_p': ['0.1'], 'bn_eps': ['1e-3'], 'prior': ['vamp'], 'n_pseudo': ['7'], 'iwae_k': ['2'], 'gated': [],
     'likelihood': ['cbernoulli'], 'kl_weight': ['2'], 'kl_anneal': ['3'], 'activation': ['tanh'], 'tied': [],
     'noise': ['gaussian'], 'noise_level': ['0.2'], 'l1': ['0.1'], 'sparsity': ['0.05'], 'sparsity_weight': ['2'],
 }
@@ -65,6 +65,8 @@ def test_every_model_flag_changes_the_model_or_is_refused(model_name, arch, caps
     (['--arch', 'conv', '--n_layers', '3'], '--n_layers does not apply to --arch conv'),
     (['--arch', 'lstm', '--use_dropout'], '--use_dropout does not apply to --arch lstm (it has no Blocks)'),
     (['--hidden_sizes', '64', '--n_layers', '3'], '--n_layers is overridden by --hidden_sizes'),
+    (['--hidden_sizes', '64', '--max_hidden_size', '512'], '--max_hidden_size is overridden by --hidden_sizes'),
+    (['--arch', 'lstm', '--max_hidden_size', '512'], '--max_hidden_size does not apply to --arch lstm'),
     (['--dropout_p', '0.5'], '--dropout_p applies to --use_dropout only'),
     (['--model', 'vae', '--use_dropout', '--n_pseudo', '10'], '--n_pseudo applies to --prior vamp only'),
     (['--noise_level', '0.5'], '--noise_level sets the level of --noise, which is off'),

@@ -38,6 +38,17 @@ def test_n_layers_schedule_falls_in_equal_steps(n_layers, btl_size, expected):
     assert linear_sizes(model.decoder) == chain([btl_size] + expected[::-1] + [784])
 
 
+def test_n_layers_sizes_of_a_large_input_fall_from_max_hidden_size():
+    assert hidden_size_schedule(4800, 2, 5, max_size=1024) == [854, 683, 513, 343, 172]
+    assert hidden_size_schedule(784, 2, 5, max_size=1024) == hidden_size_schedule(784, 2, 5)  # below it: as before
+    with torch.device('meta'):  # 40 x 40 colour: the default sizes, and the input's own without the cap
+        capped = build_model(make_config(image_shape=[3, 40, 40], btl_size=2))
+        uncapped = build_model(make_config(image_shape=[3, 40, 40], btl_size=2, max_hidden_size=None))
+    assert linear_sizes(capped.encoder) == chain([4800, 854, 683, 513, 343, 172, 2])
+    assert linear_sizes(uncapped.encoder)[0] == (4800, 4000)
+    assert sum(p.numel() for p in capped.parameters()) < sum(p.numel() for p in uncapped.parameters()) / 8
+
+
 def test_block_uses_batch_norm_or_dropout():
     with_bn = Block(8, 4)
     with_dropout = Block(8, 4, use_batch_norm=False, dropout_p=.25)
