@@ -302,7 +302,7 @@ def test_a_small_folder_gets_batches_and_epochs_enough_to_learn_and_an_explicit_
             '--btl_size', '2', '--gpu_id', '-1', '--min_steps', '600']
     saved = train_in_process(*argv)
     n_train = int(len(load_dataset('folder', root, True)[0]) * .8)  # the training share of the split
-    assert saved['config']['batch_size'] == max(2, n_train // train.MIN_BATCHES_PER_EPOCH)
+    assert saved['config']['batch_size'] == max(train.MIN_FITTED_BATCH, n_train // train.MIN_BATCHES_PER_EPOCH)
     steps = train.steps_per_epoch(n_train, saved['config']['batch_size'])
     assert saved['config']['n_epochs'] == max(20, -(-600 // steps)) == len(saved['history']) > 20
     capsys.readouterr()
