@@ -1,5 +1,6 @@
 """Training on a folder of one's own images: the layouts, the conversions, the cache, the errors,
 and every architecture and figure on images that are not 1 x 28 x 28."""
+import json
 import os
 
 import numpy as np
@@ -310,6 +311,24 @@ def test_a_small_folder_gets_batches_and_epochs_enough_to_learn_and_an_explicit_
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith('warning:')]
     assert len(warnings) == 1 and 'optimizer steps, fewer than the 2000 (--min_steps)' in warnings[0]
     assert f'give --n_epochs {-(-2000 // steps)}' in warnings[0]
+
+
+@pytest.mark.slow
+def test_the_readme_command_on_a_small_folder_beats_pca_of_as_many_components(tmp_path, capsys):
+    """The README's own-images command, no tuning flag, on 300 colour 28 x 28 images of 10 classes: the
+    length fitted to 192 training images (batches of 16, 2,004 steps) gives codes that reconstruct better
+    than PCA-2's and keep the classes apart at least as well, and predict.py warns of nothing (here: squared
+    error 6.1 against 84.3 per test image, 5-NN accuracy 1.0 against 0.92)."""
+    root = write_image_folder(str(tmp_path / 'my_images'), *colour_images(300, seed=0))
+    model_fn, out_dir = str(tmp_path / 'mine.pth'), str(tmp_path / 'mine_predict')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--dataset', 'folder', '--data_dir', root, '--btl_size', '2',
+                                '--arch', 'conv', '--gpu_id', '-1', '--verbose', '0']), 'train.py')
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--what', 'metrics', '--gpu_id', '-1', '--out_dir',
+                                  out_dir]), 'predict.py')
+    with open(os.path.join(out_dir, 'metrics.json')) as f:
+        m = json.load(f)
+    assert 'warning' not in capsys.readouterr().err
+    assert m['sse_per_image'] < m['pca_sse_per_image'] and m['knn_accuracy'] >= m['pca_knn_accuracy']
 
 
 def test_identical_training_images_are_refused_before_anything_is_written(tmp_path, capsys):
