@@ -82,7 +82,7 @@ BINARIZED_NET = ('--model vae --binarize --gated --hidden_sizes 300 300 --btl_si
 # The papers' schedule: Adam at lr 5e-4, batch 100, up to 2,000 epochs, stopped after 50 without a better
 # valid negative ELBO, whose best epoch is kept; the KL weight warms up over 100 epochs.
 PAPER_SCHEDULE = '--batch_size 100 --lr 5e-4 --n_epochs 2000 --patience 50'
-# A schedule that fits an hour of 2 CPU cores: the learning rate doubled and annealed to 0 over a
+# A schedule that fits an hour or two of 2 CPU cores: the learning rate doubled and annealed to 0 over a
 # fixed number of epochs (cosine), an exponential moving average of the weights validated and saved,
 # and a shorter KL warm-up. The VampPrior encodes its 500 pseudo-inputs at every step, whatever the
 # batch: batches of 250 (learning rate scaled up) spend that pass on 2.5 times more images.
