@@ -198,6 +198,11 @@ def is_vae(c):
     return c['model'] == 'vae'
 
 
+def sizes_from_n_layers(c):
+    """--n_layers and --max_hidden_size set the hidden sizes that --hidden_sizes would give instead."""
+    return 'is overridden by --hidden_sizes' if c['hidden_sizes'] else None
+
+
 # Flags that only some configs use: name -> a rule giving, for a config, why that flag does nothing
 # there (None where it is used). A flag given where its rule says no is refused, never ignored.
 AE_ONLY = 'applies to --model ae only (the VAE has its own KL term on the code)'
@@ -212,8 +217,8 @@ USED_ONLY_IF = {
     'iwae_k': lambda c: None if is_vae(c) else VAE_ONLY,
     'dropout_p': lambda c: None if c['use_dropout'] else 'applies to --use_dropout only (BatchNorm has no dropout)',
     'bn_eps': lambda c: 'applies to BatchNorm, which --use_dropout has not' if c['use_dropout'] else None,
-    'n_layers': lambda c: 'is overridden by --hidden_sizes' if c['hidden_sizes'] else None,
-    'max_hidden_size': lambda c: 'is overridden by --hidden_sizes' if c['hidden_sizes'] else None,
+    'n_layers': sizes_from_n_layers,
+    'max_hidden_size': sizes_from_n_layers,
     'noise_level': lambda c: None if c['noise'] else 'sets the level of --noise, which is off',
 }
 
