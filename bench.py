@@ -13,10 +13,13 @@ fast a folder of 10,000 PNG images is read, the first time (decoding) and from i
 steps of the recipes that docs/results.md rests on (RECIPE_STEPS), each against the matmul throughput
 of its own products; and how fast predict.py estimates -log p(x) with 5,000 importance samples per image.
 """
+import csv
 import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,12 +27,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from config import ONECLASS_RECIPE, RECIPES, make_config
+from config import ONECLASS_RECIPE, RECIPES, make_config, saved_parts
 import analysis
 import data_loader
 from data_loader import (DataError, binarize_once, load_dataset, split_train_valid, to_input, write_idx,
                          write_image_folder)
 from model import build_model
+from runlog import CSV_NAME, RunLog
 import train
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
 from utils import (ArgumentParser, add_gpu_flag, get_device, int_at_least, print_rows, run_cli, run_sibling,
@@ -68,6 +72,9 @@ def define_argparser():
                    help='the loss compiled, as train.py --compile: the Trainer times the compiled loss, its first '
                         '(compiling) epoch left out as always')
     p.add_argument('--data_dir', default='./data', help='where to look for Fashion-MNIST (default: %(default)s)')
+    p.add_argument('--shared_data_mb', type=int_at_least(1), default=500,
+                   help='the size of the folder cache on which the memory of 1 and 2 ranks is measured '
+                        '(default: %(default)s)')
     return p
 
 
@@ -359,6 +366,140 @@ def folder_read_speed(images, n_images=10000):
     return {'n_images': n_read, 'first_read_images_per_s': n_read / timings[0], 'cached_read_seconds': timings[1]}
 
 
+def logging_cost(config, images, batch_size, device, n_epochs=4):
+    """What the run's log (runlog.py) costs the Trainer: one model trained with the log and one without,
+    an epoch of each in turn, so that both see the same state of the machine; the median over the
+    epochs after the first of the logged epoch's seconds over the other's, less 1, and the share of
+    the logged epochs spent inside the log's own calls (after every step and every epoch)."""
+    train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
+    device_images, train_idx, valid_idx = images.to(device), train_idx.to(device), valid_idx.to(device)
+    with tempfile.TemporaryDirectory() as folder:
+        runs = []
+        for logged in (False, True):
+            set_seed(1)
+            model = build_model(config).to(device)
+            trainer = Trainer(model, build_optimizer(model, config)[0], verbose=0, binarize=config['binarize'],
+                              ema=config['ema'])
+            log = RunLog(folder, saved_parts(config), [], -(-len(train_idx) // batch_size), len(train_idx), images,
+                         valid_idx.cpu()) if logged else None
+            runs.append({'trainer': trainer, 'log': log, 'seconds': [], 'in_log': 0.})
+        for epoch in range(1, n_epochs + 1):
+            for run in runs:
+                log = run['log']
+
+                def timed(call):
+                    def timed_call(*args):
+                        start = time.perf_counter()
+                        call(*args)
+                        run['in_log'] += time.perf_counter() - start
+                    return timed_call
+                start = time.perf_counter()
+                run['trainer'].train(device_images, train_idx, valid_idx, epoch, batch_size,
+                                     on_epoch_end=log and timed(log.write_epoch), on_step=log and timed(log.step))
+                synchronize(device)
+                run['seconds'].append(time.perf_counter() - start)
+        runs[1]['log'].close()
+    plain, logged = runs
+    ratios = [b / a for a, b in zip(plain['seconds'][1:], logged['seconds'][1:])]
+    return {'epoch_seconds': statistics.median(plain['seconds'][1:]),
+            'epoch_seconds_logged': statistics.median(logged['seconds'][1:]),
+            'difference': statistics.median(ratios) - 1, 'log_share': logged['in_log'] / sum(logged['seconds'])}
+
+
+def train_py_command(n_ranks, device, args):
+    """How bench.py starts train.py: alone, or under torchrun with n_ranks ranks."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+    gpu = ['--gpu_id', '-1' if device.type == 'cpu' else str(device.index or 0)]
+    if n_ranks == 1:
+        return [sys.executable, script, *gpu, *args]
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(n_ranks), script,
+            *gpu, *args]
+
+
+def ranks_speed(images, device, n_ranks, n_epochs=3, train_flags=()):
+    """Training images per second of the default AutoEncoder (2-d code) by train.py alone (torch's
+    threads: every core) and under torchrun on n_ranks ranks (one thread each on CPUs), read from the
+    runs' metrics.csv: the median over the epochs after the first."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:, 0].numpy())
+        write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(len(images)))
+        speeds = {}
+        for ranks in (1, n_ranks):
+            model_fn = os.path.join(folder, f'ranks{ranks}.pth')
+            subprocess.run(train_py_command(ranks, device, ['--model_fn', model_fn, '--data_dir', folder,
+                                                            '--btl_size', '2', '--n_epochs', str(n_epochs),
+                                                            '--verbose', '0', *train_flags]),
+                           check=True, capture_output=True)
+            with open(os.path.join(folder, f'ranks{ranks}_log', CSV_NAME), newline='') as f:
+                speeds[ranks] = statistics.median(float(row['images_per_second']) for row in csv.DictReader(f)
+                                                  if int(row['epoch']) > 1)
+    return {'n_ranks': n_ranks, 'images_per_second': speeds[1], 'ranks_images_per_second': speeds[n_ranks],
+            'ratio': speeds[n_ranks] / speeds[1]}
+
+
+def proportional_set_size_mb(pids):
+    """The memory of these processes together, counting each shared page once (Pss, Linux)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/smaps_rollup') as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith('Pss:'))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+def train_py_processes(process):
+    """The train.py processes of a run: itself, or the ranks that torchrun started."""
+    children = []
+    for pid in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                if int(f.read().rsplit(')', 1)[1].split()[1]) == process.pid:
+                    children.append(int(pid))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children or [process.pid]
+
+
+def shared_data_memory(images, n_ranks, target_mb=500, image_side=64, interval=.2):
+    """The peak memory (summed proportional set size) of train.py alone and on n_ranks CPU ranks,
+    training one epoch of a small model on a folder of colour images whose cache is about target_mb:
+    the images are made from the given ones, upscaled and tinted, written as PNG train/ and test/
+    folders, and decoded once into the cache before the runs."""
+    per_image = 3 * image_side * image_side
+    n_images = max(2, target_mb * 2 ** 20 // per_image)
+    picks = torch.arange(n_images) % len(images)
+    with tempfile.TemporaryDirectory() as folder:
+        root = os.path.join(folder, 'images')
+        for split, part in (('train', picks[:n_images * 9 // 10]), ('test', picks[n_images * 9 // 10:])):
+            for start in range(0, len(part), 5000):  # a chunk at a time: the folder never sits in memory whole
+                chunk = torch.nn.functional.interpolate(images[part[start:start + 5000]].float(), size=image_side)
+                tint = torch.tensor([1., .8, .6]).view(1, 3, 1, 1).roll(start // 5000 % 3, 1)
+                write_image_folder(os.path.join(root, split), (chunk * tint).to(torch.uint8), start_index=start)
+        cache = os.path.join(folder, 'cache')
+        env = {**os.environ, 'XDG_CACHE_HOME': cache}
+        flags = ['--dataset', 'folder', '--data_dir', root, '--hidden_sizes', '32', '--btl_size', '2',
+                 '--n_epochs', '1', '--batch_size', '256', '--verbose', '0', '--no_log']
+        peaks = {}
+        for ranks in (1, 1, n_ranks):  # the first run decodes the folder into the cache, uncounted
+            model_fn = os.path.join(folder, f'm{ranks}.pth')
+            process = subprocess.Popen(train_py_command(ranks, torch.device('cpu'), ['--model_fn', model_fn, *flags,
+                                                                                      '--overwrite']),
+                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            peak = 0.
+            while process.poll() is None:
+                peak = max(peak, proportional_set_size_mb(train_py_processes(process)))
+                time.sleep(interval)
+            if process.returncode:
+                raise RuntimeError(f'train.py on the folder failed: {process.stderr.read()}')
+            peaks[ranks] = peak
+        cache_mb = sum(os.path.getsize(os.path.join(cache, 'autoencoders', name))
+                       for name in os.listdir(os.path.join(cache, 'autoencoders'))) / 2 ** 20
+    return {'n_images': n_images, 'cache_mb': cache_mb, 'pss_mb': peaks[1], 'ranks_pss_mb': peaks[n_ranks],
+            'n_ranks': n_ranks, 'ratio': peaks[n_ranks] / peaks[1]}
+
+
 def speed_flags(args):
     """train.py's flags for what bench.py was asked to measure."""
     return ['--amp'] * args.amp + ['--compile'] * args.compile
@@ -409,6 +550,13 @@ def main(argv=None):
               f'products ({step["matmul_gflops"]:.0f} GFLOP/s)', flush=True)
     results['folder_read'] = folder_read_speed(images)
     results['nll'] = nll_speed(images, device)
+    results['logging'] = {name: logging_cost(config, images, batch_size, device)
+                          for name, config, batch_size in (('autoencoder', AE, args.batch_size),
+                                                           ('binarized VAE, batch 100', NLL_VAE, 100))}
+    # Ranks: every GPU of the machine when it has several, else 2 on the CPU.
+    n_gpus = torch.cuda.device_count() if device.type == 'cuda' else 0
+    results['ranks'] = ranks_speed(images, device if n_gpus > 1 else torch.device('cpu'), max(2, n_gpus))
+    results['shared_data'] = shared_data_memory(images, 2, args.shared_data_mb)
 
     print_table(results)
     with open(args.out, 'w') as f:
@@ -454,6 +602,16 @@ def print_table(r):
               f'{nll["test_set_minutes"]:.1f} min for 10,000 images; '
               f'{nll["share_of_matmul"]:.0%} of the decoder\'s fp32 matmul '
               f'[{nll["share_of_matmul_range"][0]:.0%}-{nll["share_of_matmul_range"][1]:.0%}]{cpu_target(">= 60%")}')]
+    rows += [(f'train.py log, {name}', f'{cost["difference"]:+.1%}',
+              f'epoch time with the log against without ({cost["log_share"]:.2%} of it inside the log\'s calls; '
+              f'target <= 2%)') for name, cost in r['logging'].items()]
+    ranks, shared = r['ranks'], r['shared_data']
+    rows += [(f'default AE, {ranks["n_ranks"]} ranks (torchrun) against 1 process',
+              f'{ranks["ratio"]:.2f}x', f'{ranks["ranks_images_per_second"]:,.0f} against '
+                                        f'{ranks["images_per_second"]:,.0f} images/s (target on 2 CPU cores >= 0.8x)'),
+             (f'memory of {shared["n_ranks"]} ranks against 1, a {shared["cache_mb"]:.0f} MB folder cache',
+              f'{shared["ratio"]:.2f}x', f'{shared["ranks_pss_mb"]:.0f} against {shared["pss_mb"]:.0f} MB '
+                                         f'(proportional set size; target <= 1.3x)')]
     print_rows(rows)
 
 

@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from config import DEFAULTS, SAVED_PARTS, merge_config, saved_config, wrong_type
-from utils import CliError
+from utils import CliError, atomic_file
 
 CHECKPOINT_KEYS = ('model', *SAVED_PARTS, 'history')
 # The keys a checkpoint holds at least: today's, and those of files saved before the config was in parts.
@@ -50,29 +50,10 @@ def check_fresh(path, resume, overwrite):
                        f'(the file is left as it is)')
 
 
-def file_mode():
-    """The permissions that open() would give a new file under the user's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_checkpoint(path, checkpoint):
-    """Writes to a temporary file beside path, then renames it, so an interrupted save
-    leaves the previous file (or none), never a truncated one. The file gets the permissions
-    of the user's umask (mkstemp would leave 0600)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fchmod(f.fileno(), file_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    """Writes the checkpoint whole or not at all (utils.atomic_file)."""
+    with atomic_file(path) as f:
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(path, map_location='cpu'):
@@ -114,7 +95,7 @@ def resume_config(config, given):
     refused = sorted(given - RESUMABLE_FLAGS)
     if refused:
         raise CliError(f'--resume continues with the flags saved in the checkpoint; --{refused[0]} would change '
-                       f'the run (allowed with --resume: --gpu_id, --verbose, {resumable_flags()})')
+                       f'the run (allowed with --resume: --gpu_id, --verbose, the log\'s flags, {resumable_flags()})')
     checkpoint = load_checkpoint(config['model_fn'])
     saved = checkpoint['config']
     if 'last' not in checkpoint:

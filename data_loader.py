@@ -148,18 +148,31 @@ def _download(dataset, data_dir):
         return False
 
 
-def load_dataset(dataset, data_dir, train, download=True, image_size=None, channels=None):
+def load_dataset(dataset, data_dir, train, download=True, image_size=None, channels=None, shared=False):
     """Returns (images, labels) of the train or test set: uint8 (N, C, H, W) and int64 (N,).
     image_size (H, W) resizes the images and channels (1 or 3) converts them; without them a
-    folder's images must all have the same size and kind, and MNIST's are 1 x 28 x 28."""
+    folder's images must all have the same size and kind, and MNIST's are 1 x 28 x 28. A folder's
+    images, and with shared the IDX files' too (train.py under torchrun), are memory-mapped from a
+    cache file, decoded once, whose pages every process of the machine shares."""
     if dataset == 'folder':
         return load_folder(data_dir, train, image_size, channels)
-    images, labels = load_idx_dataset(dataset, data_dir, train, download)
-    return convert(images[:, None], image_size, channels), labels
+    images_path, labels_path = find_idx_files(dataset, data_dir, train, download)
+    labels = read_idx(labels_path)
+
+    def decode():
+        images = read_idx(images_path)
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise DataError(f'{images_path} and {labels_path}: expected N images of H x W and N labels, '
+                            f'got shapes {tuple(images.shape)} and {tuple(labels.shape)}')
+        return convert(images[:, None], image_size, channels)
+    if not shared:
+        return decode(), labels.long()
+    images = memory_mapped(cache_file(images_path, [os.path.abspath(images_path)], image_size, channels), decode)
+    return images, labels.long()
 
 
-def load_idx_dataset(dataset, data_dir, train, download):
-    """(images, labels) of MNIST or Fashion-MNIST: uint8 (N, 28, 28) and int64 (N,)."""
+def find_idx_files(dataset, data_dir, train, download):
+    """The paths of the images' and the labels' IDX files of MNIST or Fashion-MNIST."""
     prefix = 'train' if train else 't10k'
     names = (f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte')
     folders = search_folders(dataset, data_dir)
@@ -172,11 +185,7 @@ def load_idx_dataset(dataset, data_dir, train, download):
                 if dataset == 'fashion_mnist' else 'put the four IDX files (plain or .gz) in ')
         raise DataError(f'{dataset}: {missing}[.gz] not found in {", ".join(folders)} and could not be '
                         f'downloaded; {hint}{data_dir}')
-    images, labels = (read_idx(path) for path in paths)
-    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise DataError(f'{paths[0]} and {paths[1]}: expected N images of H x W and N labels, '
-                        f'got shapes {tuple(images.shape)} and {tuple(labels.shape)}')
-    return images, labels.long()
+    return paths
 
 
 def class_names(dataset, data_dir):
@@ -197,7 +206,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
 # (whatever --seed is, so that every run is tested on the same images), is its test set.
 HELD_OUT_SHARE = .2
 HELD_OUT_SEED = 0
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def check_folder(data_dir):
@@ -222,14 +231,18 @@ def load_folder(data_dir, train, image_size=None, channels=None):
             raise DataError(f'{data_dir}: one of train/ and test/ has class folders and the other not; give both '
                             f'class folders or neither')
         return read_folder(train_dir if train else test_dir, image_size, channels, names)
-    images, labels = read_folder(data_dir, image_size, channels)
-    n_test = int(len(images) * HELD_OUT_SHARE)
-    if n_test < 1 or n_test == len(images):
-        raise DataError(f'{data_dir}: {len(images)} images are too few to hold out a test set; add images or '
+    n_images = len(list_images(data_dir)[0])
+    n_test = int(n_images * HELD_OUT_SHARE)
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    # The cache holds the training images, then the test images, each in the folder's order: both
+    # are views of the one memory-mapped file, never copies.
+    n_train = n_images - n_test
+    images, labels = read_folder(data_dir, image_size, channels,
+                                 order=torch.cat([order[n_test:].sort().values, order[:n_test].sort().values]))
+    if n_test < 1 or n_test == n_images:
+        raise DataError(f'{data_dir}: {n_images} images are too few to hold out a test set; add images or '
                         f'give train/ and test/ subfolders')
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(HELD_OUT_SEED))
-    kept = (order[n_test:] if train else order[:n_test]).sort().values  # in the folder's order
-    return images[kept], labels[kept]
+    return (images[:n_train], labels[:n_train]) if train else (images[n_train:], labels[n_train:])
 
 
 def is_image(name):
@@ -285,28 +298,40 @@ def list_images(root, known_classes=None):
     return paths, labels, classes
 
 
-def read_folder(root, image_size=None, channels=None, known_classes=None):
-    """(images, labels) of every image in root, decoded with torchvision. The decoded images
-    are cached (cache_file): a later read of the same files, unchanged, loads the cache."""
+def read_folder(root, image_size=None, channels=None, known_classes=None, order=None):
+    """(images, labels) of every image in root (in the given order of their sorted list, when given),
+    decoded with torchvision. The decoded images are cached (cache_file) and memory-mapped from the
+    cache: a later read of the same files, unchanged, loads the cache, and the processes that read it
+    at once share its pages."""
     paths, labels = list_images(root, known_classes)[:2]
-    cache_path = cache_file(root, paths, image_size, channels)
-    images = load_cache(cache_path, len(paths))
-    if images is None:
-        images = decode_images(paths, image_size, channels)
-        save_cache(cache_path, images)
+    if order is not None:
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+    cache_path = cache_file(root, paths, image_size, channels, ordered=order is not None)
+    images = memory_mapped(cache_path, lambda: decode_images(paths, image_size, channels), len(paths))
     return images, torch.tensor(labels, dtype=torch.long)
+
+
+def memory_mapped(cache_path, decode, n_images=None):
+    """The images cached at cache_path, memory-mapped; decoded and cached first when there is no usable
+    cache (and then mapped too, so that the process that wrote the cache holds no copy of its own)."""
+    images = load_cache(cache_path, n_images)
+    if images is None:
+        images = decode()
+        mapped = load_cache(cache_path, len(images)) if save_cache(cache_path, images) else None
+        images = images if mapped is None else mapped
+    return images
 
 
 def cache_folder():
     return os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'autoencoders')
 
 
-def cache_file(root, paths, image_size, channels):
-    """The cache's name: a hash of the folder and of how its images are converted, then a hash
-    of its file list (names, sizes, modification times), so that a changed folder gets a new
+def cache_file(root, paths, image_size, channels, ordered=False):
+    """The cache's name: a hash of the folder (or file) and of how its images are converted, then a
+    hash of its file list (names, sizes, modification times), so that a changed folder gets a new
     name and replaces the cache of its old state."""
     stats = [(os.path.relpath(path, root), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
-    folder = json.dumps([CACHE_VERSION, os.path.abspath(root), image_size and list(image_size), channels])
+    folder = json.dumps([CACHE_VERSION, os.path.abspath(root), image_size and list(image_size), channels, ordered])
     return os.path.join(cache_folder(), f'{digest(folder, 12)}-{digest(json.dumps(stats), 24)}.pt')
 
 
@@ -314,18 +339,19 @@ def digest(text, n_chars):
     return hashlib.sha256(text.encode()).hexdigest()[:n_chars]
 
 
-def load_cache(path, n_images):
-    """The cached images, or None when there is no usable cache."""
+def load_cache(path, n_images=None):
+    """The cached images, memory-mapped, or None when there is no usable cache."""
     try:
         images = torch.load(path, weights_only=True, mmap=True)
     except Exception:  # no cache yet, or one cut off or damaged: decode again
         return None
-    return images if isinstance(images, torch.Tensor) and len(images) == n_images else None
+    usable = isinstance(images, torch.Tensor) and images.dim() == 4 and n_images in (None, len(images))
+    return images if usable else None
 
 
 def save_cache(path, images):
-    """Writes the cache atomically and removes older caches of the same folder. A cache that
-    cannot be written only costs time, so it is reported and skipped."""
+    """Writes the cache atomically and removes older caches of the same folder; returns whether it
+    was written. A cache that cannot be written only costs time, so it is reported and skipped."""
     folder = os.path.dirname(path)
     tmp_path = path + f'.{os.getpid()}.tmp'
     try:
@@ -339,6 +365,8 @@ def save_cache(path, images):
     except OSError as e:
         print(f'note: cannot write the image cache in {folder} ({e.strerror}); the folder will be decoded again '
               f'next time')
+        return False
+    return True
 
 
 # A folder's bad files are named in one error, up to this many, then counted.
@@ -379,10 +407,10 @@ def decode_images(paths, image_size=None, channels=None):
     return images
 
 
-def write_image_folder(root, images, labels=None, names=None, ext='.png'):
+def write_image_folder(root, images, labels=None, names=None, ext='.png', start_index=0):
     """Writes uint8 images (N, C, H, W) as image files that load_folder reads back in the same
-    order: numbered files, in one folder per class when labels are given (named by names, with
-    any '/' written as '-'). PNG is lossless; JPEG ('.jpg') is written at quality 95."""
+    order: files numbered from start_index, in one folder per class when labels are given (named by
+    names, with any '/' written as '-'). PNG is lossless; JPEG ('.jpg') is written at quality 95."""
     import torchvision.io  # slow to import, and only needed here
     for i, image in enumerate(images):
         folder = root
@@ -390,7 +418,7 @@ def write_image_folder(root, images, labels=None, names=None, ext='.png'):
             label = int(labels[i])
             folder = os.path.join(root, (names[label] if names else str(label)).replace('/', '-'))
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f'{i:06d}{ext}')
+        path = os.path.join(folder, f'{start_index + i:06d}{ext}')
         if ext == '.png':
             torchvision.io.write_png(image, path)
         else:
@@ -441,6 +469,13 @@ def class_indices(classes, names, flag='--target_labels'):
             shown = ', '.join(names) if len(names) <= 12 else f'{", ".join(names[:12])}, ...'
             raise CliError(f'{flag} {given}: not a class of this data set (classes 0-{len(names) - 1}: {shown})')
     return sorted(set(indices))
+
+
+def selected_indices(labels, target_labels):
+    """The indices of the images of target_labels, class indices (all of them when it is None or empty)."""
+    if not target_labels:
+        return torch.arange(len(labels))
+    return torch.isin(labels, torch.tensor(target_labels)).nonzero().flatten()
 
 
 def select_labels(images, labels, target_labels):

@@ -17,6 +17,7 @@ from checkpoint import check_writable
 from data_loader import (DATASETS, binarize_once, class_names, load_dataset, select_labels, split_train_valid,
                          to_input)
 from model import load_model
+from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
 from utils import ArgumentParser, CliError, add_gpu_flag, get_device, int_at_least, make_out_dir, run_cli, set_seed
 
@@ -65,6 +66,9 @@ def define_argparser():
                         'for a VAE, recon for an AutoEncoder): ' +
                         '; '.join(f'{name}: {score.description}' for name, score in SCORES.items()))
     p.add_argument('--seed', type=int, default=0, help='seeds samples and the IWAE estimate (default: %(default)s)')
+    p.add_argument('--log_dir', default=None,
+                   help="the training run's log, where the test metrics are added for TensorBoard (default: MODEL_log "
+                        "beside the checkpoint, when it is there)")
     return p
 
 
@@ -391,6 +395,9 @@ def main(argv=None):
         json.dump(measured, f, indent=2)
     for path in written + [metrics_path]:
         print(f'wrote {path}')
+    log_dir = args.log_dir or default_log_dir(args.model_fn)
+    if add_test_metrics(log_dir, measured):
+        print(f'added the test metrics to the log in {log_dir}')
 
 
 if __name__ == '__main__':

@@ -13,13 +13,15 @@ import torch
 from checkpoint import (check_fresh, check_writable, resumable_flags, resume_config, save_checkpoint, saved_so_far,
                         stop_on_signals)
 from config import DEFAULTS, merge_config, saved_parts
+import distributed
 from data_loader import (BINARIZE_SEED, DATASETS, binarize_once, class_indices, class_names, load_dataset,
-                         select_labels, split_train_valid)
+                         selected_indices, split_train_valid)
 from distributions import DEFAULT_LIKELIHOOD, LIKELIHOODS, PRIORS, REGISTRIES, part_options
 from model import ACTIVATIONS, ARCHITECTURE_FLAGS, ARCHITECTURES, build_model, model_from_checkpoint
+from runlog import LOG_EVERY_N_STEPS, LOG_IMAGES_EVERY, RunLog, default_log_dir, prepare_log_dir
 from trainer import NonFiniteLoss, Trainer, build_optimizer
-from utils import (ArgumentParser, CliError, add_gpu_flag, default_to_none, first_line, float_in, get_device,
-                   int_at_least, run_cli, set_seed)
+from utils import (ArgumentParser, CliError, add_gpu_flag, default_to_none, first_line, float_in, int_at_least,
+                   is_main_process, run_cli, set_seed)
 
 
 def add_part_flags(g):
@@ -164,18 +166,36 @@ def add_data_flags(p):
                         'must then be the same kind for all images)')
 
 
+def add_log_flags(p):
+    """Where the run's log goes (runlog.py) and how often it takes steps and images."""
+    g = p.add_argument_group('log')
+    where = g.add_mutually_exclusive_group()
+    where.add_argument('--log_dir',
+                       help='folder of the run\'s log: TensorBoard event files and metrics.csv, one row per epoch '
+                            '(default: MODEL_log beside --model_fn MODEL.pth)')
+    where.add_argument('--no_log', action='store_true', help='write no log, only the checkpoint')
+    g.add_argument('--log_every_n_steps', type=int_at_least(0),
+                   help=f'log the training loss every N optimizer steps as well as per epoch, 0: per epoch only '
+                        f'(default: {LOG_EVERY_N_STEPS})')
+    g.add_argument('--log_images_every', type=int_at_least(0), metavar='N',
+                   help=f'log fixed valid images and their reconstructions (a VAE: samples too) after the first '
+                        f'epoch and every N-th, 0: never (default: {LOG_IMAGES_EVERY})')
+
+
 def define_argparser():
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False,
+                       epilog='Under torchrun (torchrun --nproc_per_node N train.py ...) the same flags train one '
+                              'model on N processes; --gpu_id -1 runs them on CPUs, --gpu_id G on GPUs G to G + N - 1.')
     p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
     add_gpu_flag(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument('--resume', action='store_true',
-                   help=f'continue the run saved in --model_fn with its saved flags; besides --gpu_id and '
-                        f'--verbose, only these may be given with it: {resumable_flags()}')
+                   help=f'continue the run saved in --model_fn with its saved flags (and its log); besides --gpu_id, '
+                        f'--verbose and the log\'s flags, only these may be given with it: {resumable_flags()}')
     g.add_argument('--overwrite', action='store_true',
                    help='start a new run even though --model_fn exists, replacing it (without --resume or '
                         '--overwrite an existing file is never touched)')
-    for add_flags in (add_model_flags, add_regularizer_flags, add_training_flags, add_data_flags):
+    for add_flags in (add_model_flags, add_regularizer_flags, add_training_flags, add_data_flags, add_log_flags):
         add_flags(p)
     return default_to_none(p, DEFAULTS)
 
@@ -188,10 +208,17 @@ def parse_args(p, argv):
     flags = vars(p.parse_args(argv))
     given = {name for name, value in flags.items() if name in DEFAULTS and value is not None}
     config = {**flags, **merge_config(flags)}
-    refusal = incompatible_flags(config, given)
+    refusal = incompatible_flags(config, given) or refused_log_flags(flags)
     if refusal:
         p.error(refusal)
     return config, given
+
+
+def refused_log_flags(flags):
+    for name in ('log_every_n_steps', 'log_images_every'):
+        if flags['no_log'] and flags[name] is not None:
+            return f'--{name} sets what the log holds, and --no_log writes none'
+    return None
 
 
 def is_vae(c):
@@ -309,10 +336,14 @@ def too_few_steps(config, n_train, n_epochs_done):
             f'--n_epochs and --batch_size out to fit them to the data')
 
 
-def check_learnable(images):
-    """Training images that are all the same leave nothing to learn but that one image."""
-    if len(images) > 1 and bool((images == images[:1]).all()):
-        raise CliError(f'all {len(images)} training images are identical: there is nothing to learn from them but '
+def check_learnable(images, indices, chunk=4096):
+    """Training images (images[indices]) that are all the same leave nothing to learn but that one
+    image. Compared a chunk at a time: no copy of the training set."""
+    first = images[indices[:1]]
+    if any(not bool((images.index_select(0, part) == first).all()) for part in indices.split(chunk)):
+        return
+    if len(indices) > 1:
+        raise CliError(f'all {len(indices)} training images are identical: there is nothing to learn from them but '
                        f'that one image')
 
 
@@ -325,87 +356,145 @@ def check_code_size(config):
                        f'--sparsity')
 
 
-def training_data(config, given, resuming):
+def training_data(config, given, resuming, ranks):
     """The whole training set as uint8 images, its train and valid indices, and the images to validate
     on (binarized once with --binarize: the training batches are drawn afresh each time by the Trainer,
     the valid images once, so that every epoch and every run is scored on the same binary images).
     Completes config from the data: the image shape, the class indices and, for a new run, the
-    length that the flags leave out."""
+    length that the flags leave out. The images are never copied: --target_labels and the split are
+    indices. On several ranks the images are memory-mapped from a cache file, whose pages the ranks of a
+    machine share, and the first rank of each machine reads first, so that the cache is written once."""
+    if ranks.local_rank > 0:
+        ranks.barrier()
     images, labels = load_dataset(config['dataset'], config['data_dir'], True, image_size=config['image_size'],
-                                  channels=config['channels'])
+                                  channels=config['channels'], shared=ranks.is_distributed)
+    if ranks.local_rank == 0:
+        ranks.barrier()
     if config['target_labels'] and not resuming:
         config['target_labels'] = class_indices(config['target_labels'], class_names(config['dataset'],
                                                                                      config['data_dir']))
-    images, labels = select_labels(images, labels, config['target_labels'])
-    train_indices, valid_indices = split_train_valid(len(images), config['train_ratio'], config['seed'])
+    selected = selected_indices(labels, config['target_labels'])
+    train_indices, valid_indices = (selected[split] for split in
+                                    split_train_valid(len(selected), config['train_ratio'], config['seed']))
     if resuming and list(images.shape[1:]) != list(config['image_shape']):
         raise CliError(f'{config["model_fn"]} was trained on images of {shape_text(config["image_shape"])}; '
                        f'--data_dir {config["data_dir"]} gives {shape_text(images.shape[1:])}')
+    if len(valid_indices) < ranks.size:
+        raise CliError(f'--train_ratio {config["train_ratio"]}: leaves {len(valid_indices)} valid images for '
+                       f'{ranks.size} ranks, which validate one share each')
     config['image_shape'] = list(images.shape[1:])
     check_code_size(config)
     if not resuming:
-        check_learnable(images[train_indices])
+        check_learnable(images, train_indices)
         fit_length(config, given, len(train_indices))
     return images, train_indices, valid_indices, binarize_once(images) if config['binarize'] else images
 
 
 def main(argv=None):
-    # Arguments: the flags, or with --resume the flags saved in the checkpoint.
     argv = sys.argv[1:] if argv is None else argv
     config, given = parse_args(define_argparser(), argv)
+    ranks, device = distributed.start(config['gpu_id'])
+    try:
+        train_run(config, given, ranks, device)
+    except RuntimeError:
+        if ranks.is_main:
+            raise
+        sys.exit(1)  # another rank ended, and rank 0 says why in one line
+    ranks.end()
+
+
+def log_dir(config):
+    return None if config['no_log'] else config['log_dir'] or default_log_dir(config['model_fn'])
+
+
+def train_run(config, given, ranks, device):
+    # Arguments: the flags, or with --resume the flags saved in the checkpoint.
     checkpoint = None
     if config['resume']:
         config, checkpoint = resume_config(config, given)
-    model_fn, verbose = config['model_fn'], config['verbose']
-    device = get_device(config['gpu_id'])
+    model_fn, verbose = config['model_fn'], config['verbose'] if ranks.is_main else 0
     check_fresh(model_fn, config['resume'], config['overwrite'])
-    check_writable(model_fn)
+    if ranks.is_main:  # the one rank that writes files
+        check_writable(model_fn)
+        if log_dir(config):
+            prepare_log_dir(log_dir(config), config['resume'], config['overwrite'])
     set_seed(config['seed'])
 
-    images, train_indices, valid_indices, valid_images = training_data(config, given, resuming=checkpoint is not None)
+    images, train_indices, valid_indices, valid_images = training_data(config, given, checkpoint is not None, ranks)
 
     # Model and optimizer, fresh or as the checkpoint left them.
     model = (model_from_checkpoint(checkpoint, model_fn) if checkpoint else build_model(config)).to(device)
+    if ranks.is_distributed and device.type == 'cuda':
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the batch statistics of every rank's share
     optimizer, scheduler = build_optimizer(model, config)
     trainer = Trainer(model, optimizer, scheduler, verbose=verbose, amp=config['amp'], compile=config['compile'],
-                      binarize=config['binarize'], patience=config['patience'], ema=config['ema'])
+                      binarize=config['binarize'], patience=config['patience'], ema=config['ema'], ranks=ranks)
     if checkpoint is not None:
         try:
             trainer.load_state_dict(checkpoint)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CliError(f'{model_fn}: cannot resume from it ({first_line(e)})')
+    ranks.seed_stream(config['seed'], len(trainer.history))
     if verbose >= 2:
         print(model, optimizer, sep='\n')
     if verbose >= 1:
-        print(summary(config, model, device, len(train_indices), len(valid_indices), len(trainer.history)))
+        print(summary(config, model, device, len(train_indices), len(valid_indices), len(trainer.history), ranks))
+    run_log = None
+    if ranks.is_main and log_dir(config):
+        run_log = RunLog(log_dir(config), saved_parts(config), trainer.history,
+                         steps_per_epoch(len(train_indices), config['batch_size']), len(train_indices),
+                         valid_images, valid_indices, first_given(config['log_every_n_steps'], LOG_EVERY_N_STEPS),
+                         first_given(config['log_images_every'], LOG_IMAGES_EVERY))
+        if not run_log.has_tensorboard and verbose >= 1:
+            print(f'note: the tensorboard package is not installed: the log in {log_dir(config)} is metrics.csv '
+                  f'alone; pip install -r requirements.txt adds TensorBoard\'s event files')
+    try:
+        train_and_save(config, trainer, images, train_indices, valid_indices, valid_images, device, ranks, run_log)
+    finally:
+        if run_log is not None:
+            run_log.close()
+    if verbose >= 1:
+        print(ending(config, trainer.history, len(train_indices)))
 
-    # Training, with a checkpoint saved after every epoch; a signal stops it cleanly. The checkpoint
-    # keeps the config in its parts, not the flags of this one run (--model_fn, --gpu_id, --verbose, ...).
-    config_parts = saved_parts(config)
+
+def first_given(value, default):
+    return default if value is None else value
+
+
+def train_and_save(config, trainer, images, train_indices, valid_indices, valid_images, device, ranks, run_log):
+    """Training, with a checkpoint saved after every epoch, then the epoch's log; a signal stops it
+    cleanly. The checkpoint keeps the config in its parts, not the flags of this one run (--model_fn,
+    --gpu_id, --verbose, ...)."""
+    model_fn, config_parts = config['model_fn'], saved_parts(config)
     try:
         with stop_on_signals(trainer) as save_in_progress:
             def save(trainer):
                 with save_in_progress():
                     save_checkpoint(model_fn, {**trainer.state_dict(), **config_parts})
+                    if run_log is not None:
+                        run_log.write_epoch(trainer)
 
             finished = trainer.train(images.to(device), train_indices.to(device), valid_indices.to(device),
-                                     config['n_epochs'], config['batch_size'], on_epoch_end=save,
-                                     valid_images=valid_images.to(device))
+                                     config['n_epochs'], config['batch_size'],
+                                     on_epoch_end=save if ranks.is_main else None,
+                                     valid_images=valid_images.to(device), on_step=run_log and run_log.step)
     except NonFiniteLoss as e:
         stop(f'stopped: {e}; {saved_so_far(trainer.history, model_fn)}', 1)
     except RuntimeError as e:
         # torch._dynamo is tested for only with --compile, which has imported it (a slow import otherwise).
-        if not (config['compile'] and isinstance(e, torch._dynamo.exc.TorchDynamoException)):
+        if config['compile'] and isinstance(e, torch._dynamo.exc.TorchDynamoException):
+            stop(f'stopped: --compile: torch.compile failed ({first_line(e)}); train without --compile; '
+                 f'{saved_so_far(trainer.history, model_fn)}', 1)
+        if not ranks.is_distributed:
             raise
-        stop(f'stopped: --compile: torch.compile failed ({first_line(e)}); train without --compile; '
+        # A collective failed: another rank ended (killed, or stopped by an error of its own).
+        stop(f'stopped: rank {ranks.rank} lost the other ranks ({distributed.collective_error(e)}); '
              f'{saved_so_far(trainer.history, model_fn)}', 1)
     if not finished:
+        launcher = 'torchrun ... train.py' if ranks.is_distributed else 'python train.py'
         stop(f'{signal.Signals(trainer.stop_requested).name} in epoch {len(trainer.history) + 1}: '
-             f'{saved_so_far(trainer.history, model_fn)}; resume with: python train.py --model_fn {model_fn} '
-             f'--resume', 128 + trainer.stop_requested)
-
-    if verbose >= 1:
-        print(ending(config, trainer.history, len(train_indices)))
+             f'{saved_so_far(trainer.history, model_fn)}; resume with: {launcher} --model_fn {model_fn} --resume'
+             f'{" (on any number of ranks)" if ranks.is_distributed else ""}', 128 + trainer.stop_requested)
 
 
 def ending(config, history, n_train):
@@ -420,12 +509,13 @@ def ending(config, history, n_train):
     return '\n'.join(line for line in lines if line)
 
 
-def summary(config, model, device, n_train, n_valid, n_done):
+def summary(config, model, device, n_train, n_valid, n_done, ranks):
     """The few lines that --verbose 1 prints before the first epoch."""
+    where = f'{ranks.size} ranks, each on a {device.type.upper()}' if ranks.is_distributed else device
     lines = [f'{config["dataset"]}: {n_train} train / {n_valid} valid images of {shape_text(config["image_shape"])}',
-             f'{model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}',
+             f'{model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters on {where}',
              f'{config["n_epochs"]} epochs of {steps_per_epoch(n_train, config["batch_size"])} batches of '
-             f'{config["batch_size"]} images']
+             f'{config["batch_size"]} images' + (f', shared out among the ranks' if ranks.is_distributed else '')]
     if n_done:
         lines.append(f'resuming after epoch {n_done}')
     if config['compile']:
@@ -438,7 +528,9 @@ def shape_text(shape):
 
 
 def stop(message, exit_code):
-    print(f'train.py: {message}', file=sys.stderr)
+    """Ends the run with message on stderr (from rank 0 alone on several ranks)."""
+    if is_main_process():
+        print(f'train.py: {message}', file=sys.stderr)
     sys.exit(exit_code)
 
 

@@ -1,10 +1,12 @@
 """One hand-written training loop for every model in model.py."""
 import copy
+import math
 import time
 
 import torch
 
 from data_loader import binary_input, to_input
+from distributed import Ranks
 from utils import EVAL_SEED, progress_bar, seeded
 
 # Validation has no backward pass to hold memory for; larger batches use the matrix products
@@ -79,57 +81,95 @@ class NonFiniteLoss(Exception):
 
 
 def run_epoch(model, images, batch_size, indices=None, optimizer=None, progress=None, should_stop=None, amp=False,
-              loss_fn=None, binarize=False, average=None):
+              loss_fn=None, binarize=False, average=None, ranks=Ranks(), on_step=None):
     """One pass over images[indices] (uint8, on the model's device; all images when indices is
     None): trains when an optimizer is given, else evaluates. The loss is model.loss, or
     loss_fn (model.loss compiled); with amp its forward pass runs under bf16 autocast. With
     binarize, each batch is a fresh Bernoulli draw of its pixel intensities. A WeightAverage given
-    as average follows the weights after every update. Returns the mean
-    loss and parts per image as floats, or None when should_stop() turned true before the pass
-    ended."""
+    as average follows the weights after every update; on_step(step, loss) sees the loss of each
+    training step (a tensor, left on the device). On several ranks (distributed.py) each takes its
+    share of every batch. Returns the mean loss and parts per image as floats, or None when
+    should_stop() turned true before the pass ended."""
     training = optimizer is not None
     loss_fn = loss_fn or model.loss
     model.train(training)
     if indices is None:
         indices = torch.arange(len(images), device=images.device)
-    # Training draws a fresh permutation each epoch; evaluation keeps the order.
-    order = indices[torch.randperm(len(indices), device=indices.device)] if training else indices
+    if training:
+        # A fresh permutation each epoch, the same on every rank, each rank taking its share of every
+        # batch. BatchNorm cannot train on one image: a last batch of fewer than two images a rank is
+        # seen again next epoch.
+        order = indices[ranks.permutation(len(indices), indices.device)]
+        batches = [(ranks.share(idx), len(idx)) for idx in order.split(batch_size) if len(idx) >= 2 * ranks.size]
+    else:  # evaluation keeps the order, each rank taking its shard of the images
+        batches = [(idx, len(idx)) for idx in ranks.share(indices).split(batch_size)]
     totals, seen = {}, 0
     with torch.set_grad_enabled(training):
-        for step, idx in enumerate(order.split(batch_size), start=1):
-            if training and len(idx) < 2:
-                continue  # BatchNorm cannot train on one image; it is seen again next epoch
-            batch = images.index_select(0, idx)  # much faster than images[idx] on a CPU
+        for step, (share, batch_length) in enumerate(batches, start=1):
+            batch = images.index_select(0, share)  # much faster than images[share] on a CPU
             x = binary_input(batch) if binarize else to_input(batch)
-            # |x| = (batch_size, C * H * W)
+            # |x| = (batch_size / ranks.size, C * H * W)
             with forward_precision(images.device.type, amp):
                 loss, parts = loss_fn(x)
-            # Checked before the update, so the weights never take a nan step.
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f'loss is {loss.item()} at step {step}')
             if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                stop_asked = should_stop is not None and should_stop()
+                try:
+                    went_on = train_step(optimizer, loss, len(share) / batch_length, ranks, stop_asked)
+                except NonFiniteLoss as e:
+                    raise NonFiniteLoss(f'{e} at step {step}') from None
+                if not went_on:
+                    return None
                 if average is not None:
                     average.update()
+                if on_step is not None:
+                    on_step(step, loss.detach())
             # Sums stay on the device: no synchronisation for them.
             for name, value in {'loss': loss, **parts}.items():
-                totals[name] = totals.get(name, 0.) + value.detach() * len(idx)
-            seen += len(idx)
+                totals[name] = totals.get(name, 0.) + value.detach() * len(share)
+            seen += len(share)
             if progress is not None:
                 progress.update(1)
-            if should_stop is not None and should_stop():
-                return None
-    return {name: (total / seen).item() for name, total in totals.items()}
+    return mean_over_ranks(totals, seen, ranks)
 
 
-def validate(model, images, indices=None, amp=False, loss_fn=None):
+def train_step(optimizer, loss, weight, ranks, stop_asked):
+    """The update of one batch; the weights never take a step from a non-finite loss. Alone, the
+    loss is checked before the backward pass; on several ranks each rank's gradient, weighed by its
+    share of the batch, is summed with the others', and the flags of a non-finite loss and of a stop
+    request travel with it. Returns whether training goes on (no rank asked to stop)."""
+    if ranks.is_distributed:
+        ranks.zero_gradients()
+        (loss * weight).backward()
+        finite, stop = ranks.reduce_gradients(bool(torch.isfinite(loss)), stop_asked)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        finite, stop = bool(torch.isfinite(loss)), stop_asked
+        if finite:
+            loss.backward()
+    if not finite:
+        raise NonFiniteLoss(f'loss is {loss.item()}' if not torch.isfinite(loss) else
+                            'loss is not finite on another rank')
+    optimizer.step()
+    return not stop
+
+
+def mean_over_ranks(totals, seen, ranks):
+    """The mean loss and parts per image of a pass from each rank's sums over the seen images of its
+    share (one all-reduce on several ranks); a mean that is not finite ends training."""
+    device = next(iter(totals.values())).device if totals else 'cpu'
+    sums = ranks.sum(torch.stack([*totals.values(), torch.tensor(float(seen), device=device)]))
+    means = dict(zip(totals, (sums[:-1] / sums[-1]).tolist()))
+    if not math.isfinite(means.get('loss', 0.)):
+        raise NonFiniteLoss(f'the mean loss is {means["loss"]}')
+    return means
+
+
+def validate(model, images, indices=None, amp=False, loss_fn=None, ranks=Ranks()):
     """The mean losses of an evaluation pass, its random draws from EVAL_SEED: the same draws
     every epoch, and the training's random numbers left as they were, so that a resumed run takes
     the same steps as an uninterrupted one."""
     with seeded(EVAL_SEED, images.device):
-        return run_epoch(model, images, VALID_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn)
+        return run_epoch(model, images, VALID_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn, ranks=ranks)
 
 
 def format_losses(losses):
@@ -159,15 +199,20 @@ class Trainer:
     model's loss runs through torch.compile (see compiled()). With ema, a WeightAverage of that
     decay follows the weights: validation, the best epoch and the checkpoint take the average.
 
-    After every epoch it calls on_epoch_end(trainer), where train.py saves a checkpoint.
-    Setting stop_requested (from a signal handler) ends training after the current step;
+    On several ranks (distributed.py) each trains on its share of every batch and validates its
+    shard of the valid images; the losses, the history and the weights are the same on every rank.
+
+    After every epoch it calls on_epoch_end(trainer), where train.py saves a checkpoint and writes
+    the log, and after every step on_step(step, loss). Setting stop_requested (from a signal
+    handler) ends training after the current step;
     the unfinished epoch is dropped, so what was saved last is a clean point to resume from.
     """
 
     def __init__(self, model, optimizer, scheduler=None, verbose=1, amp=False, compile=False, binarize=False,
-                 patience=0, ema=0.):
-        self.model = model
+                 patience=0, ema=0., ranks=Ranks()):
+        self.model, self.ranks = model, ranks
         self.average = WeightAverage(model, ema) if ema else None
+        ranks.hold_gradients(model)
         self.amp, self.binarize, self.patience = amp, binarize, patience
         self.loss_fn = compiled(model.loss) if compile else model.loss
         self.optimizer = optimizer
@@ -178,7 +223,8 @@ class Trainer:
         self.best_state = None
         self.stop_requested = False
 
-    def train(self, images, train_indices, valid_indices, n_epochs, batch_size, on_epoch_end=None, valid_images=None):
+    def train(self, images, train_indices, valid_indices, n_epochs, batch_size, on_epoch_end=None, valid_images=None,
+              on_step=None):
         """Trains on images[train_indices] and validates on valid_images[valid_indices]
         (valid_images defaults to images), for the epochs after those already in the history, up
         to n_epochs, or until patience epochs in a row brought no better valid loss. Returns True
@@ -195,7 +241,7 @@ class Trainer:
                     break
                 try:
                     finished = self._train_epoch(epoch, images, train_indices, valid_images, valid_indices, batch_size,
-                                                 epochs)
+                                                 epochs, on_step)
                 except NonFiniteLoss as e:
                     raise NonFiniteLoss(f'{e} of epoch {epoch}') from None
                 if not finished:
@@ -218,7 +264,7 @@ class Trainer:
         """The model that validation measures and the checkpoint keeps: the average, if any."""
         return self.average.model if self.average else self.model
 
-    def _train_epoch(self, epoch, images, train_indices, valid_images, valid_indices, batch_size, epochs):
+    def _train_epoch(self, epoch, images, train_indices, valid_images, valid_indices, batch_size, epochs, on_step):
         start = time.perf_counter()
         self.model.set_epoch(epoch)
         self.evaluated.set_epoch(epoch)
@@ -227,12 +273,15 @@ class Trainer:
                           dynamic_ncols=True) as steps:
             train = run_epoch(self.model, images, batch_size, train_indices, self.optimizer, progress=steps,
                               should_stop=lambda: self.stop_requested, amp=self.amp, loss_fn=self.loss_fn,
-                              binarize=self.binarize, average=self.average)
+                              binarize=self.binarize, average=self.average, ranks=self.ranks, on_step=on_step)
         if train is None:
             return False
+        # Each rank's BatchNorm statistics come from its shares of the batches: the ranks average them.
+        for model in {id(m): m for m in (self.model, self.evaluated)}.values():
+            self.ranks.average_buffers(model)
         # The compiled loss belongs to the trained model; the average is validated eagerly.
         valid = validate(self.evaluated, valid_images, valid_indices, self.amp,
-                         None if self.average else self.loss_fn)
+                         None if self.average else self.loss_fn, self.ranks)
         lr = self.optimizer.param_groups[0]['lr']
         if self.scheduler is not None:
             self.scheduler.step()

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage block), exit code 2."""
 
     def error(self, message):
-        self.exit(2, f'{self.prog}: error: {message}\n')
+        self.exit(2, f'{self.prog}: error: {message}\n' if is_main_process() else None)
 
 
 def default_to_none(parser, defaults):
@@ -42,8 +43,14 @@ def run_cli(main, prog):
     try:
         main()
     except CliError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
+        if is_main_process():
+            print(f'{prog}: error: {e}', file=sys.stderr)
         sys.exit(2)
+
+
+def is_main_process():
+    """False in the ranks after the first of a torchrun launch: what every rank would say, rank 0 says once."""
+    return os.environ.get('RANK', '0') == '0'
 
 
 def first_line(error):
@@ -100,6 +107,34 @@ def make_out_dir(path, flag='--out_dir'):
     except OSError as e:
         raise CliError(f'{flag} {path}: cannot create it ({e.strerror or first_line(e)})')
     return path
+
+
+def file_mode():
+    """The permissions that open() would give a new file under the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode='wb', durable=True, **open_args):
+    """A file to write path through: a temporary file beside it, renamed over path when the block ends
+    without an error, so that an interrupted write leaves the previous file (or none), never a truncated
+    one. It gets the permissions of the user's umask (mkstemp would leave 0600). durable: on the disk
+    before the rename (fsync, some milliseconds), so that a power cut too leaves a whole file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, mode, **open_args) as f:
+            yield f
+            f.flush()
+            os.fchmod(f.fileno(), file_mode())
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
 
 
 def run_sibling(script, args, failure, python_args=()):

@@ -104,3 +104,33 @@ class ScalarModel(nn.Module):
     def loss(self, x):
         loss = (self.w - 3) ** 2 + 0 * x.sum()
         return loss, {'recon': loss}
+
+
+def logged_scalars(log_dir):
+    """{tag: [(step, value), ...]} of a run's TensorBoard log, read by TensorBoard's own reader (which
+    drops the steps that a resumed run told it to purge)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    log = EventAccumulator(log_dir, size_guidance={'scalars': 0, 'images': 0})
+    log.Reload()
+    return {tag: [(e.step, e.value) for e in log.Scalars(tag)] for tag in log.Tags()['scalars']}, log
+
+
+def logged_rows(log_dir):
+    import csv
+    with open(os.path.join(log_dir, 'metrics.csv'), newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def assert_log_matches(log_dir, history):
+    """A run's log holds each epoch of the checkpoint's history once: in TensorBoard (as float32, which
+    its events store) and in metrics.csv (exactly)."""
+    scalars, _ = logged_scalars(log_dir)
+    rows = logged_rows(log_dir)
+    assert [int(row['epoch']) for row in rows] == [h['epoch'] for h in history]
+    for key in history[0]:
+        assert [float(row[key]) for row in rows] == [h[key] for h in history], key
+        tag = key.replace('train_', 'train/', 1).replace('valid_', 'valid/', 1)
+        assert [value for _, value in scalars[tag]] == [float(np.float32(h[key])) for h in history], key
+    steps = [int(row['step']) for row in rows]
+    assert [step for step, _ in scalars['valid/loss']] == steps
+    return scalars, rows

@@ -59,7 +59,8 @@ def test_peak_memory_of_a_real_train_py_run(tmp_path, monkeypatch):
 def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
     data_dir = tmp_path / 'data'
     write_dataset(data_dir / 'FashionMNIST' / 'raw', n_train=600, n_test=10)
-    bench.main(['--data_dir', str(data_dir), '--n_epochs', '2', '--out', str(tmp_path / 'bench.json')])
+    bench.main(['--data_dir', str(data_dir), '--n_epochs', '2', '--out', str(tmp_path / 'bench.json'),
+                '--shared_data_mb', '5'])
     with open(tmp_path / 'bench.json') as f:
         results = json.load(f)
     assert results['data'] == 'Fashion-MNIST' and results['n_images'] == 600
@@ -74,6 +75,12 @@ def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
     assert 'train.py peak RSS, 600 / 6 images' in out
     assert results['folder_read']['n_images'] == 600 and results['folder_read']['first_read_images_per_s'] > 0
     assert 'a folder of 600 PNG images, first read' in out and 'from its cache' in out
+    for cost in results['logging'].values():  # the same runs with and without the log
+        assert cost['epoch_seconds'] > 0 and cost['epoch_seconds_logged'] > 0 and 0 < cost['log_share'] < 1
+    assert results['ranks']['n_ranks'] == 2 and results['ranks']['images_per_second'] > 0
+    shared = results['shared_data']
+    assert 4 < shared['cache_mb'] < 6 and shared['pss_mb'] > 0 and shared['ratio'] > 0
+    assert 'train.py log, autoencoder' in out and '2 ranks (torchrun) against 1 process' in out
 
 
 def test_a_recipe_step_counts_the_rows_that_its_prior_and_samples_add():

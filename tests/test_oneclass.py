@@ -9,8 +9,9 @@ import torch
 import analysis
 import anomaly
 import oneclass
+from checkpoint import load_checkpoint
 from data_loader import write_idx
-from helpers import expect_usage_error, make_images, without_times, write_dataset
+from helpers import assert_log_matches, expect_usage_error, make_images, without_times, write_dataset
 from utils import flag_values, run_cli
 
 FAST = ['--arch', 'mlp', '--hidden_sizes', '64', '32', '--btl_size', '8', '--n_epochs', '3', '--batch_size', '32',
@@ -78,6 +79,10 @@ def test_the_protocol_writes_its_table_json_and_figure_and_a_second_run_reuses_t
     again = run(fashion_dir, out_dir, '--classes', '0', '3', '--overwrite')
     assert again['per_class'] == summary['per_class']
     assert all((out_dir / f'class_{c}.pth').read_bytes() == trained[c] for c in (0, 3))
+    # one log per class under the one folder, which `tensorboard --logdir out` shows together
+    for c in (0, 3):
+        history = load_checkpoint(str(out_dir / f'class_{c}.pth'))['history']
+        assert_log_matches(str(out_dir / f'class_{c}_log'), history)
 
 
 @pytest.mark.slow

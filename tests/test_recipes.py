@@ -7,7 +7,8 @@ import torch
 
 import recipes
 import train
-from helpers import write_dataset
+from checkpoint import load_checkpoint
+from helpers import assert_log_matches, write_dataset
 from model import build_model
 from utils import CliError
 
@@ -80,6 +81,10 @@ def test_recipes_train_and_evaluate_through_the_real_scripts(tmp_path, capsys):
         own_classes = 4 if name == 'anomaly' else 10  # its metrics cover the classes it was trained on
         assert result['train_flags'].endswith('--n_epochs 1 --amp') and result['n_test'] == 6 * own_classes
         assert (recipes_dir / f'{name}.pth').is_file()
+        # each recipe's log beside its checkpoint, with the test metrics that predict.py added
+        scalars, _ = assert_log_matches(str(recipes_dir / f'{name}_log'),
+                                        load_checkpoint(str(recipes_dir / f'{name}.pth'))['history'])
+        assert scalars['test/sse_per_image'][0][1] == pytest.approx(result['sse_per_image'], rel=1e-6)
     assert 'anomaly_roc_auc' in results['anomaly'] and 'iwae_cross_entropy' in results['vae20']
     out = capsys.readouterr().out
     assert 'VAE 20-d: negative ELBO vs classic 784-400-20' in out and 'train time of anomaly' in out

@@ -14,7 +14,8 @@ import oneclass
 import predict
 import recipes
 import train
-from helpers import ROOT, TINY, ScalarModel, assert_same_run, expect_usage_error, run_script, train_in_process
+from helpers import (ROOT, TINY, ScalarModel, assert_log_matches, assert_same_run, expect_usage_error, run_script,
+                     train_in_process)
 from trainer import Trainer
 from utils import run_cli
 
@@ -129,6 +130,8 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(signum, data_dir, 
     assert resumed.returncode == 0, resumed.stderr
     assert f'resuming after epoch {len(saved["history"])}' in resumed.stdout
     assert_same_run(torch.load(reference, weights_only=True), torch.load(model_fn, weights_only=True))
+    # The log holds each epoch once: none of the epoch that the signal cut short.
+    assert_log_matches(str(tmp_path / 'interrupted_log'), torch.load(model_fn, weights_only=True)['history'])
 
 
 def test_a_second_interrupt_exits_at_once_and_leaves_a_whole_file(data_dir, tmp_path):
@@ -224,7 +227,7 @@ def test_unwritable_out_dir_is_reported_before_any_work(data_dir, tmp_path, caps
                        capsys, f'--out_dir {blocker / "oc"}: cannot create it')
     expect_usage_error(recipes.main, 'recipes.py', ['--data_dir', data_dir, '--recipes_dir', str(blocker / 'r')],
                        capsys, f'--recipes_dir {blocker / "r"}: cannot create it')
-    assert sorted(os.listdir(tmp_path)) == ['a-file', 'm.pth']  # no class trained, no recipe begun
+    assert sorted(os.listdir(tmp_path)) == ['a-file', 'm.pth', 'm_log']  # no class trained, no recipe begun
 
 
 # --- nothing replaced by accident, files as the user's umask says, a log that stays readable ---
