@@ -503,16 +503,20 @@ def split_train_valid(n, train_ratio, seed):
 BINARIZE_SEED = 0
 
 
-def binarize_once(images, seed=BINARIZE_SEED, chunk=4096):
+def binarize_once(images, seed=BINARIZE_SEED, chunk=4096, indices=None):
     """uint8 images with each pixel drawn once from a Bernoulli of its intensity: 255 with
-    probability pixel / 255, else 0. The same images and seed give the same draws; the images
-    are drawn a chunk at a time, so memory stays a few MB above the images themselves."""
+    probability pixel / 255, else 0; of images[indices] alone when indices are given, each with the
+    draws it gets when all the images are binarized, so that the valid images are the same binary
+    images either way. The same images and seed give the same draws; the images are drawn a chunk
+    at a time, so memory stays a few MB above the binary images themselves."""
     generator = torch.Generator().manual_seed(seed)
-    binary = torch.empty_like(images, device='cpu')
+    indices = torch.arange(len(images)) if indices is None else indices.cpu()
+    binary = torch.empty((len(indices), *images.shape[1:]), dtype=torch.uint8)
     for start in range(0, len(images), chunk):
-        batch = images[start:start + chunk].cpu()
-        draws = torch.rand(batch.shape, generator=generator)
-        binary[start:start + chunk] = (draws * 255 < batch).to(torch.uint8) * 255
+        draws = torch.rand((min(chunk, len(images) - start), *images.shape[1:]), generator=generator)
+        here = ((indices >= start) & (indices < start + chunk)).nonzero().flatten()
+        rows = indices[here]
+        binary[here] = (draws[rows - start] * 255 < images[rows.to(images.device)].cpu()).to(torch.uint8) * 255
     return binary.to(images.device)
 
 

@@ -357,9 +357,10 @@ def check_code_size(config):
 
 
 def training_data(config, given, resuming, ranks):
-    """The whole training set as uint8 images, its train and valid indices, and the images to validate
-    on (binarized once with --binarize: the training batches are drawn afresh each time by the Trainer,
-    the valid images once, so that every epoch and every run is scored on the same binary images).
+    """The whole training set as uint8 images, its train indices, the valid indices into the images to
+    validate on, and those images: the same images, or with --binarize the valid images alone,
+    binarized once (the training batches are drawn afresh each time by the Trainer, the valid images
+    once, so that every epoch and every run is scored on the same binary images).
     Completes config from the data: the image shape, the class indices and, for a new run, the
     length that the flags leave out. The images are never copied: --target_labels and the split are
     indices. On several ranks the images are memory-mapped from a cache file, whose pages the ranks of a
@@ -387,7 +388,9 @@ def training_data(config, given, resuming, ranks):
     if not resuming:
         check_learnable(images, train_indices)
         fit_length(config, given, len(train_indices))
-    return images, train_indices, valid_indices, binarize_once(images) if config['binarize'] else images
+    if config['binarize']:  # the valid images alone, binarized once (not a copy of the whole set)
+        return images, train_indices, torch.arange(len(valid_indices)), binarize_once(images, indices=valid_indices)
+    return images, train_indices, valid_indices, images
 
 
 def main(argv=None):

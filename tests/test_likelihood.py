@@ -106,6 +106,9 @@ def test_binarize_once_draws_each_pixel_from_its_intensity_the_same_way_every_ti
     share_on = (binary == 255).double().mean(0).flatten()
     p = torch.tensor([0, 51, 128, 255]) / 255
     assert (share_on - p).abs().max() <= 5 * math.sqrt(.25 / 5000)  # 5 binomial standard deviations at most
+    # Some images alone (train.py's valid images), across chunks and in any order: the draws they get with all.
+    some = torch.tensor([4999, 3, 4095, 17, 4096])
+    assert torch.equal(binarize_once(images, indices=some), binary[some])
 
 
 def test_training_batches_are_binarized_afresh_and_validation_takes_its_images_as_given():
