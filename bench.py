@@ -36,8 +36,8 @@ from model import build_model
 from runlog import CSV_NAME, RunLog
 import train
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
-from utils import (ArgumentParser, add_gpu_flag, get_device, int_at_least, print_rows, run_cli, run_sibling,
-                   set_seed)
+from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, get_device, int_at_least, print_rows, run_cli,
+                   run_sibling, set_seed, set_threads)
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
 # 784-400-20, Linear + ReLU, no normalisation.
@@ -61,6 +61,7 @@ RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'][0],
 def define_argparser():
     p = ArgumentParser(description=__doc__.strip().splitlines()[0])
     add_gpu_flag(p)
+    add_threads_flag(p)
     p.add_argument('--n_epochs', type=int_at_least(2), default=4,
                    help='epochs per timing; the first is warm-up and not counted (default: %(default)s)')
     p.add_argument('--batch_size', type=int_at_least(2), default=256, help='(default: %(default)s)')
@@ -507,6 +508,7 @@ def speed_flags(args):
 
 def main(argv=None):
     args = define_argparser().parse_args(argv)
+    set_threads(args.threads)
     device = get_device(args.gpu_id)
     images, source = load_images(args.data_dir)
     device_name = (torch.cuda.get_device_name(device) if device.type == 'cuda'

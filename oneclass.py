@@ -23,8 +23,8 @@ from checkpoint import load_checkpoint
 from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid
 from model import load_model
-from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, get_device, int_at_least, make_out_dir,
-                   progress_bar, run_cli, run_sibling, set_seed)
+from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, flag_values, get_device, int_at_least,
+                   make_out_dir, progress_bar, run_cli, run_sibling, set_seed, set_threads, threads_flag)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
 # anomaly detection".
@@ -71,6 +71,7 @@ def define_argparser():
                         'there was trained with other flags (one trained with the same flags is reused: it would '
                         'train the same)')
     add_gpu_flag(p)
+    add_threads_flag(p)
     return p
 
 
@@ -132,7 +133,8 @@ def train_class(args, c, name, train_flags):
     model_fn = os.path.join(args.out_dir, f'class_{c}.pth')
     flags_fn = os.path.join(args.out_dir, f'class_{c}.flags.json')
     flags = model_flags(args, name, train_flags)
-    where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir]  # may change between runs
+    # may change between runs
+    where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir, *threads_flag(args)]
     if os.path.exists(model_fn):
         if saved_flags(flags_fn) == flags:
             checkpoint = load_checkpoint(model_fn)
@@ -179,6 +181,7 @@ def mean_aurocs(per_class):
 
 def main(argv=None):
     args, train_flags = define_argparser().parse_known_args(argv)
+    set_threads(args.threads)
     for flag in train_flags:
         if flag.split('=')[0] in OWN_TRAIN_FLAGS:
             raise CliError(f'{flag.split("=")[0]}: oneclass.py sets it for each class itself')

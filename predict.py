@@ -19,7 +19,8 @@ from data_loader import (DATASETS, binarize_once, class_names, load_dataset, sel
 from model import load_model
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
-from utils import ArgumentParser, CliError, add_gpu_flag, get_device, int_at_least, make_out_dir, run_cli, set_seed
+from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir,
+                   run_cli, set_seed, set_threads)
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves']
 NEEDS_2D_CODE = {'boundary', 'manifold'}
@@ -39,6 +40,7 @@ def define_argparser():
                         'scores, the most anomalous images and ROC AUC; metrics: metrics.json and a table beside '
                         'PCA; curves: loss per epoch')
     add_gpu_flag(p)
+    add_threads_flag(p)
     p.add_argument('--out_dir', default=None,
                    help='folder for the figures and metrics.json (default: MODEL_predict beside the checkpoint)')
     p.add_argument('--overwrite', action='store_true',
@@ -357,6 +359,7 @@ def prepare_out_dir(out_dir, overwrite):
 
 def main(argv=None):
     args = define_argparser().parse_args(argv)
+    set_threads(args.threads)
     device = get_device(args.gpu_id)
     model, checkpoint = load_model(args.model_fn, device)
     config = checkpoint['config']

@@ -14,8 +14,8 @@ import os
 
 from checkpoint import load_checkpoint
 from config import RECIPES
-from utils import (ArgumentParser, CliError, add_gpu_flag, flag_values, int_at_least, make_out_dir, print_rows,
-                   progress_bar, run_cli, run_sibling)
+from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, flag_values, int_at_least, make_out_dir,
+                   print_rows, progress_bar, run_cli, run_sibling, threads_flag)
 
 # Train-time targets, in minutes on 2 CPU cores; the papers' schedule trains for as long as it takes.
 RECIPE_MINUTES = {**{name: 15 for name in ('ae2', 'ae30', 'vae20', 'classic_vae20', 'anomaly')},
@@ -44,6 +44,7 @@ def define_argparser():
                         'a recipe whose checkpoint is there goes on from where it stopped, and one trained with '
                         'other flags stops the run)')
     add_gpu_flag(p)
+    add_threads_flag(p)
     p.add_argument('--amp', action='store_true', help='train every recipe with --amp (bf16 autocast)')
     p.add_argument('--compile', action='store_true', help='train every recipe with --compile')
     p.add_argument('--data_dir', default='./data', help='passed to train.py and predict.py (default: %(default)s)')
@@ -78,7 +79,7 @@ def train_recipe(args, name, model_fn, flags):
     """Trains a recipe, or goes on with its checkpoint in --recipes_dir where an earlier run
     stopped, saying how far it is. Returns the training's wall time: the epochs' seconds that the
     checkpoint records."""
-    where = ['--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id), '--verbose', '0']
+    where = ['--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id), '--verbose', '0', *threads_flag(args)]
     done = None if args.overwrite else trained_before(name, model_fn, flags)
     if done is None:
         with open(os.path.splitext(model_fn)[0] + '.flags.json', 'w') as f:
@@ -107,7 +108,7 @@ def run_recipes(args):
         samples = ['--iw_samples', str(iw_samples)] if iw_samples else []
         # The figures and metrics of the checkpoint as it is now replace those of an earlier run.
         run_script('predict.py', '--model_fn', model_fn, '--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id),
-                   '--out_dir', out_dir, '--overwrite', '--what', *what, *samples)
+                   *threads_flag(args), '--out_dir', out_dir, '--overwrite', '--what', *what, *samples)
         with open(os.path.join(out_dir, 'metrics.json')) as f:
             results[name] = {'train_flags': ' '.join(flags), 'train_seconds': seconds, **json.load(f)}
     return results

@@ -20,8 +20,8 @@ from distributions import DEFAULT_LIKELIHOOD, LIKELIHOODS, PRIORS, REGISTRIES, p
 from model import ACTIVATIONS, ARCHITECTURE_FLAGS, ARCHITECTURES, build_model, model_from_checkpoint
 from runlog import LOG_EVERY_N_STEPS, LOG_IMAGES_EVERY, RunLog, default_log_dir, prepare_log_dir
 from trainer import NonFiniteLoss, Trainer, build_optimizer
-from utils import (ArgumentParser, CliError, add_gpu_flag, default_to_none, first_line, float_in, int_at_least,
-                   is_main_process, run_cli, set_seed)
+from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, default_to_none, first_line, float_in,
+                   int_at_least, is_main_process, run_cli, set_seed, set_threads)
 
 
 def add_part_flags(g):
@@ -188,6 +188,7 @@ def define_argparser():
                               'model on N processes; --gpu_id -1 runs them on CPUs, --gpu_id G on GPUs G to G + N - 1.')
     p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
     add_gpu_flag(p)
+    add_threads_flag(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument('--resume', action='store_true',
                    help=f'continue the run saved in --model_fn with its saved flags (and its log); besides --gpu_id, '
@@ -396,6 +397,7 @@ def training_data(config, given, resuming, ranks):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     config, given = parse_args(define_argparser(), argv)
+    set_threads(config['threads'])
     ranks, device = distributed.start(config['gpu_id'])
     try:
         train_run(config, given, ranks, device)
@@ -515,6 +517,9 @@ def ending(config, history, n_train):
 def summary(config, model, device, n_train, n_valid, n_done, ranks):
     """The few lines that --verbose 1 prints before the first epoch."""
     where = f'{ranks.size} ranks, each on a {device.type.upper()}' if ranks.is_distributed else device
+    if device.type == 'cpu':
+        threads = torch.get_num_threads()
+        where = f'{where} ({threads} thread{"s" * (threads > 1)}{" a rank" * ranks.is_distributed})'
     lines = [f'{config["dataset"]}: {n_train} train / {n_valid} valid images of {shape_text(config["image_shape"])}',
              f'{model.__class__.__name__}: {sum(p.numel() for p in model.parameters()):,} parameters on {where}',
              f'{config["n_epochs"]} epochs of {steps_per_epoch(n_train, config["batch_size"])} batches of '

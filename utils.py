@@ -93,6 +93,24 @@ def add_gpu_flag(parser):
                         help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
 
 
+def add_threads_flag(parser):
+    """The --threads flag, the same in every script."""
+    parser.add_argument('--threads', type=int_at_least(1), default=None,
+                        help="torch's threads for the CPU's work (default: torch's own choice, every core of the "
+                             'machine, or 1 a rank under torchrun); on a machine shared with other jobs, give each job '
+                             'its share of the cores: threads that outnumber the free cores wait on each other')
+
+
+def set_threads(threads):
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def threads_flag(args):
+    """--threads as given to a script, to pass on to the scripts it runs."""
+    return ['--threads', str(args.threads)] if args.threads else []
+
+
 def progress_bar(iterable=None, shown=True, **tqdm_args):
     """A tqdm bar, drawn when shown and the output is a terminal: a log file gets the scripts' plain
     lines, not a bar's redraws."""
