@@ -66,6 +66,7 @@ class Score(NamedTuple):
     description: str
     needs_vae: bool
     compute: Callable[[Scorer], torch.Tensor]
+    needs_train_images: bool = False  # compares with the training images (their codes, features, pixels)
 
 
 SCORES = {
@@ -76,18 +77,19 @@ SCORES = {
     'iwae': Score('importance-weighted bound on -log p(x) (nats only for binary pixels or a density of the pixels)',
                   True, lambda s: s.bounds[1]),
     'code_gauss': Score('-log density of the code under a Gaussian fitted to the training codes', False,
-                        lambda s: analysis.gaussian_nll(*s.codes)),
+                        lambda s: analysis.gaussian_nll(*s.codes), True),
     'code_knn': Score(f'mean distance to the {CODE_KNN_K} nearest training codes', False,
-                      lambda s: analysis.knn_distance(*s.codes, CODE_KNN_K)),
+                      lambda s: analysis.knn_distance(*s.codes, CODE_KNN_K), True),
     'feature_gauss': Score("-log density of the encoder's last hidden features under a Gaussian fitted to the "
                            "training images' features", False,
-                           lambda s: analysis.gaussian_nll(*s.features, FEATURE_RIDGE)),
+                           lambda s: analysis.gaussian_nll(*s.features, FEATURE_RIDGE), True),
 }
 BASELINES = {
     'pca_recon': Score('squared error of the reconstruction by PCA with as many components as the code', False,
-                       lambda s: analysis.pca_baseline(s.train_images, s.test_images, s.model.btl_size)['sse']),
+                       lambda s: analysis.pca_baseline(s.train_images, s.test_images, s.model.btl_size)['sse'],
+                       True),
     'pixel_knn': Score('distance to the nearest training image in pixel space', False,
-                       lambda s: analysis.knn_distance(to_input(s.train_images), to_input(s.test_images), 1)),
+                       lambda s: analysis.knn_distance(to_input(s.train_images), to_input(s.test_images), 1), True),
 }
 
 

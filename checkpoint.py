@@ -35,6 +35,11 @@ def check_writable(path):
     if os.path.isdir(path):
         raise CliError(f'{path} is a folder; --model_fn needs a file name such as model.pth')
     if not os.path.isdir(folder):
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if os.path.isfile(existing):
+            raise CliError(f'cannot write {path}: {existing} is a file, not a folder')
         raise CliError(f'cannot write {path}: folder {folder} does not exist')
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'):

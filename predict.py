@@ -14,8 +14,8 @@ import analysis
 from anomaly import SCORES, Scorer, scores_of
 import figures
 from checkpoint import check_writable
-from data_loader import (DATASETS, binarize_once, class_names, load_dataset, select_labels, split_train_valid,
-                         to_input)
+from data_loader import (DATASETS, DataError, binarize_once, class_indices, class_names, load_dataset, select_labels,
+                         split_train_valid, to_input)
 from model import load_model
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
@@ -26,6 +26,7 @@ WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly
 NEEDS_2D_CODE = {'boundary', 'manifold'}
 NEEDS_LABELS = {'boundary'}
 KNN_K = 5
+IW_SAMPLES = 100  # --iw_samples of a VAE
 
 
 def define_argparser():
@@ -55,14 +56,14 @@ def define_argparser():
     g = p.add_mutually_exclusive_group()
     g.add_argument('--interp', type=int, nargs=2, metavar=('A', 'B'),
                    help='interpolate between test images number A and B')
-    g.add_argument('--interp_classes', type=int, nargs=2, metavar=('A', 'B'),
-                   help='interpolate between the first test images of classes A and B (default: the first two '
-                        'classes, or test images 0 and 1 when the data has no classes)')
+    g.add_argument('--interp_classes', nargs=2, metavar=('A', 'B'),
+                   help='interpolate between the first test images of classes A and B, by index or name (default: '
+                        'the first two classes, or test images 0 and 1 when the data has no classes)')
     p.add_argument('--interp_steps', type=int_at_least(2), default=10, help='(default: %(default)s)')
-    p.add_argument('--iw_samples', type=int_at_least(1), default=100,
+    p.add_argument('--iw_samples', type=int_at_least(1), default=None,
                    help='VAE: samples per image for the importance-weighted bound on -log p(x) (nats of -log p(x) '
                         'only for binary pixels or a density of the pixels; for grayscale pixels under a Bernoulli, a '
-                        'cross-entropy) (default: %(default)s)')
+                        f'cross-entropy) (default: {IW_SAMPLES})')
     p.add_argument('--anomaly_score', choices=list(SCORES), default=None,
                    help='--what anomaly: the score of each test image, as oneclass.py scores it (default: neg_elbo '
                         'for a VAE, recon for an AutoEncoder): ' +
@@ -104,6 +105,10 @@ class Report:
         images, labels = select_labels(*load_dataset(self.dataset, self.data_dir, train, **self.shape_flags),
                                        target_labels)
         return binarize_once(images) if self.config.get('binarize') else images, labels
+
+    @property
+    def anomaly_score_name(self):
+        return self.args.anomaly_score or ('neg_elbo' if self.model.has_prior else 'recon')
 
     def path(self, name):
         return os.path.join(self.out_dir, name)
@@ -236,7 +241,8 @@ class Report:
                 raise CliError('--interp_classes: this data set has no classes; give --interp A B (test image '
                                'numbers)')
             return [0, 1]
-        classes = self.args.interp_classes or self.labels.unique()[:2].tolist()
+        classes = ([class_indices([c], self.class_names, '--interp_classes')[0] for c in self.args.interp_classes]
+                   if self.args.interp_classes else self.labels.unique()[:2].tolist())
         ends = []
         for c in classes:
             found = (self.labels == c).nonzero()
@@ -246,7 +252,7 @@ class Report:
         return ends
 
     def anomaly(self):
-        name = self.args.anomaly_score or ('neg_elbo' if self.model.has_prior else 'recon')
+        name = self.anomaly_score_name
         score = Scorer(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples).score(name).cpu()
         labels = self.all_labels.cpu()
         what = f'{name}: {SCORES[name].description}'
@@ -348,6 +354,59 @@ def applicable(model_btl_size, labelled):
     return [w for w in WHAT if (model_btl_size == 2 or w not in NEEDS_2D_CODE) and (labelled or w not in NEEDS_LABELS)]
 
 
+def applicable_what(args, btl_size, labelled):
+    """--what, or everything that applies to the model's code and the data's classes."""
+    what = args.what or applicable(btl_size, labelled)
+    for w in what:
+        if w in NEEDS_2D_CODE and btl_size != 2:
+            raise CliError(f'--what {w} needs a 2-d code; this model\'s code has {btl_size} dimensions')
+        if w in NEEDS_LABELS and not labelled:
+            raise CliError(f'--what {w} needs classes; the data set has none (a folder of images without class '
+                           f'folders)')
+    if not args.what and not labelled:
+        print(f'skipped what needs classes, which this data set has not: kNN accuracy'
+              f'{"".join(", " + w for w in NEEDS_LABELS if btl_size == 2)}')
+    return what
+
+
+def check_model_flags(args, model):
+    """The flags that only a VAE uses, refused for an AutoEncoder; --iw_samples takes its default."""
+    if not model.has_prior:
+        if args.anomaly_score and args.anomaly_score not in scores_of(model):
+            raise CliError(f'--anomaly_score {args.anomaly_score}: needs a VAE; this model is an AutoEncoder')
+        if args.iw_samples is not None:
+            raise CliError('--iw_samples: sets the importance samples of a VAE\'s -log p(x); this model is an '
+                           'AutoEncoder')
+    args.iw_samples = args.iw_samples or IW_SAMPLES
+
+
+def needs_train_set(w, report):
+    """Whether --what w reads the training images (their codes, kNN, PCA), not only the test set."""
+    if w in ('boundary', 'metrics'):
+        return True
+    if w in ('manifold', 'samples'):  # an AutoEncoder's: the box of its codes, a Gaussian fitted to them
+        return not report.model.has_prior
+    return w == 'anomaly' and SCORES[report.anomaly_score_name].needs_train_images
+
+
+def available(args, report, what):
+    """what, checked against the data before anything is written: what needs the training images is
+    refused in one line when --what asked for it and they cannot be read, and skipped with a notice
+    when it was only applicable; --interp's images are checked."""
+    needing = [w for w in what if needs_train_set(w, report)]
+    if needing:
+        try:
+            report.train_set
+        except DataError as e:
+            if args.what:
+                raise CliError(f'--what {needing[0]} needs the training images: {e}')
+            print(f'skipped what needs the training images, which cannot be read ({e}): {", ".join(needing)}')
+            what = [w for w in what if w not in needing]
+    if 'interp' in what:
+        report.interp_endpoints()
+    return what
+
+
 def prepare_out_dir(out_dir, overwrite):
     """Creates out_dir; one that already holds files is written into only with --overwrite."""
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
@@ -363,25 +422,16 @@ def main(argv=None):
     device = get_device(args.gpu_id)
     model, checkpoint = load_model(args.model_fn, device)
     config = checkpoint['config']
-    btl_size = config['btl_size']
     labelled = class_names(args.dataset or config['dataset'], args.data_dir or config['data_dir']) is not None
-    what = args.what or applicable(btl_size, labelled)
-    for w in what:
-        if w in NEEDS_2D_CODE and btl_size != 2:
-            raise CliError(f'--what {w} needs a 2-d code; this model\'s code has {btl_size} dimensions')
-        if w in NEEDS_LABELS and not labelled:
-            raise CliError(f'--what {w} needs classes; the data set has none (a folder of images without class '
-                           f'folders)')
-    if args.anomaly_score and args.anomaly_score not in scores_of(model):
-        raise CliError(f'--anomaly_score {args.anomaly_score}: needs a VAE; this model is an AutoEncoder')
-    if not args.what and not labelled:
-        print(f'skipped what needs classes, which this data set has not: kNN accuracy'
-              f'{"".join(", " + w for w in NEEDS_LABELS if btl_size == 2)}')
-    out_dir = args.out_dir or os.path.splitext(args.model_fn)[0] + '_predict'
-    prepare_out_dir(out_dir, args.overwrite)
+    check_model_flags(args, model)
     set_seed(args.seed)
-
+    # Everything is read and checked before the first file is written: a run that fails writes nothing.
+    what = applicable_what(args, config['btl_size'], labelled)
+    out_dir = args.out_dir or os.path.splitext(args.model_fn)[0] + '_predict'
     report = Report(model, checkpoint, args, device, out_dir)
+    what = available(args, report, what)
+    prepare_out_dir(out_dir, args.overwrite)
+
     classes = ('classes ' + ' '.join(map(str, config['target_labels'])) if config['target_labels'] else
                'all classes' if labelled else 'no classes')
     print(f'{report.dataset} test set: {len(report.images)} images of {" x ".join(map(str, report.image_shape))} '

@@ -71,6 +71,11 @@ def expect_usage_error(main, prog, argv, capsys, match):
     return err
 
 
+def iw_samples_flag(model_fn, n_samples):
+    """predict.py's --iw_samples for a VAE's checkpoint (an AutoEncoder's refuses it)."""
+    return ['--iw_samples', str(n_samples)] if load_checkpoint(model_fn)['config']['model'] == 'vae' else []
+
+
 def train_in_process(*argv):
     """train.main with argv, silent; returns the checkpoint it wrote, loaded (argv[1] is --model_fn's value)."""
     import train

@@ -45,7 +45,8 @@ def test_verbose_2_prints_the_whole_model_and_the_optimizer(data_dir, tmp_path, 
                                 '--verbose', '2']), 'train.py')
     out = capsys.readouterr().out
     assert 'Linear(in_features=784, out_features=64' in out and 'Adam (' in out
-    assert re.search(r'^AutoEncoder: [\d,]+ parameters on cpu \(\d+ threads?\)$', out, re.M) and 'epoch 1: train loss=' in out
+    assert re.search(r'^AutoEncoder: [\d,]+ parameters on cpu \(\d+ threads?\)$', out, re.M)
+    assert 'epoch 1: train loss=' in out
 
 
 def test_checkpoint_loads_with_weights_only(trained):
@@ -158,6 +159,10 @@ def test_help_names_every_flag_that_resume_allows(capsys):
 def test_train_refuses_an_unwritable_model_fn(data_dir, tmp_path, capsys):
     expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'no' / 'such' / 'x.pth'),
                                                 '--data_dir', data_dir], capsys, 'does not exist')
+    (tmp_path / 'a-file').write_text('')
+    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'a-file' / 'sub' / 'x.pth'),
+                                                '--data_dir', data_dir], capsys,
+                       f'{tmp_path / "a-file"} is a file, not a folder')
 
 
 @pytest.mark.parametrize('content, match', [

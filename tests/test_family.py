@@ -14,7 +14,7 @@ import train
 from checkpoint import load_checkpoint
 from config import make_config
 from data_loader import write_idx
-from helpers import assert_same_run, expect_usage_error
+from helpers import assert_same_run, expect_usage_error, iw_samples_flag
 from model import build_model, model_from_checkpoint, upgrade_state_dict
 from utils import run_cli
 
@@ -67,7 +67,8 @@ def test_variant_trains_and_reloads_in_predict(name, data_dir, tmp_path, capsys)
     assert len(checkpoint['history']) == 2
     out_dir = tmp_path / 'predict'
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
-                                  '--iw_samples', '3', '--what', 'recon', 'samples', 'metrics']), 'predict.py')
+                                  *iw_samples_flag(model_fn, 3), '--what', 'recon', 'samples', 'metrics']),
+            'predict.py')
     printed = capsys.readouterr().out
     metrics = json.loads((out_dir / 'metrics.json').read_text())
     own_loss = metrics['neg_elbo'] if '--model' in VARIANTS[name] else metrics.get('loss', metrics['recon'])
@@ -340,7 +341,7 @@ def test_a_new_part_is_in_the_help_trains_resumes_and_is_named_by_predict(flags,
     out_dir = tmp_path / 'predict'
     capsys.readouterr()
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
-                                  '--iw_samples', '3', '--what', 'samples', 'metrics']), 'predict.py')
+                                  *iw_samples_flag(model_fn, 3), '--what', 'samples', 'metrics']), 'predict.py')
     printed = ' '.join(capsys.readouterr().out.split())
     metrics = json.loads((out_dir / 'metrics.json').read_text())
     if '--likelihood' in flags:

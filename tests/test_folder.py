@@ -245,12 +245,16 @@ def test_train_and_predict_on_colour_class_folders_by_name(tmp_path, capsys):
     assert checkpoint['config']['image_shape'] == [3, 20, 24]
     assert checkpoint['config']['target_labels'] == [3, 5, 7]
     out_dir = tmp_path / 'predict'
-    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(out_dir),
-                                  '--iw_samples', '2']), 'predict.py')
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(out_dir)]),
+            'predict.py')
     out = capsys.readouterr().out
     assert 'folder test set: ' in out and 'of 3 x 20 x 24 (classes 3 5 7)' in out
     for name in ('reconstructions', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomalies'):
         assert os.path.getsize(out_dir / f'{name}.png') > 0
+    # the interpolation's ends by class name, as --target_labels takes them
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(tmp_path / 'interp'),
+                                  '--what', 'interp', '--interp_classes', 'kind 5', '3']), 'predict.py')
+    assert os.path.getsize(tmp_path / 'interp' / 'interp.png') > 0
 
 
 def test_predict_on_a_folder_without_classes_skips_what_needs_them(tmp_path, capsys):

@@ -8,7 +8,7 @@ from PIL import Image
 
 import predict
 import train
-from helpers import TINY, expect_usage_error
+from helpers import TINY, expect_usage_error, iw_samples_flag
 from utils import run_cli
 
 FIGURES = {'recon': ['reconstructions.png'], 'latent': ['latent.png'], 'boundary': ['boundary.png'],
@@ -36,7 +36,7 @@ def models(data_dir, tmp_path_factory):
 
 def run_predict(model_fn, out_dir, *flags):
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--out_dir', str(out_dir), '--gpu_id', '-1',
-                                  '--iw_samples', '5', *flags]), 'predict.py')
+                                  *iw_samples_flag(model_fn, 5), *flags]), 'predict.py')
     with open(os.path.join(out_dir, 'metrics.json')) as f:
         return json.load(f)
 
@@ -89,9 +89,16 @@ def test_a_test_set_alone_is_enough_for_the_figures_that_compare_with_no_trainin
     for model in ('vae2', 'ae3'):
         metrics = run_predict(models[model], tmp_path / model, *flags, '--what', 'recon', 'latent', 'interp', 'anomaly')
         assert metrics['n_test'] == (40 if model == 'vae2' else 100) and 'anomaly_score' in metrics
-    expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path / 'x'),
-                                                    *flags, '--what', 'anomaly', '--anomaly_score', 'code_knn'],
-                       capsys, 'train-images-idx3-ubyte[.gz] not found')
+    for what in (['metrics'], ['anomaly', '--anomaly_score', 'code_knn']):  # asked for, and needing them: refused
+        expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path / 'x'),
+                                                        *flags, '--what', *what], capsys,
+                           f'--what {what[0]} needs the training images: mnist: train-images-idx3-ubyte[.gz] not found')
+        assert not (tmp_path / 'x').exists()  # nothing written
+    # Left to predict.py: what needs the training images is skipped in one line, the rest is made.
+    run_predict(models['ae3'], tmp_path / 'all', *flags)
+    assert 'skipped what needs the training images' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / 'all')) == ['anomalies.png', 'anomaly_hist.png', 'curves.png', 'interp.png',
+                                                    'latent.png', 'metrics.json', 'reconstructions.png']
 
 
 def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path):
@@ -107,12 +114,15 @@ def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path)
 @pytest.mark.parametrize('flags, match', [
     (['--what', 'boundary'], '--what boundary needs a 2-d code; this model\'s code has 3 dimensions'),
     (['--what', 'interp', '--interp', '0', '100'], '--interp 100: test images are numbered 0 to 99'),
-    (['--what', 'interp', '--interp_classes', '1', '12'], '--interp_classes 12: no test image of that class'),
+    (['--what', 'interp', '--interp_classes', '1', '12'], '--interp_classes 12: not a class of this data set'),
     (['--what', 'pictures'], "invalid choice: 'pictures'"),
+    (['--iw_samples', '10'], "--iw_samples: sets the importance samples of a VAE's -log p(x); this model is an "
+                             'AutoEncoder'),
 ])
 def test_predict_bad_flags(models, flags, match, tmp_path, capsys):
     expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path),
                                                     *flags], capsys, match)
+    assert os.listdir(tmp_path) == []  # nothing written
 
 
 def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_path, capsys):

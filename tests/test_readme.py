@@ -74,7 +74,7 @@ def test_the_readme_test_command_is_the_one_ci_runs():
 def shortened(script, argv):
     """A README command cut to a check of seconds: train.py trains 1 to 3 epochs in the same order
     as the command's (20 -> 1, 40 -> 2, 60 and more -> 3, so that --resume still trains on), on two
-    classes of Fashion-MNIST, the -log p(x) takes 10 samples, oneclass.py one class, recipes.py one
+    classes of Fashion-MNIST, oneclass.py one class, recipes.py one
     epoch of each recipe."""
     flags = flag_values(argv)
     if script == 'train.py':
@@ -82,8 +82,6 @@ def shortened(script, argv):
         flags['--n_epochs'] = [str(min(-(-epochs // 20), 3))]
         if flags.get('--dataset') == ['fashion_mnist']:
             flags['--target_labels'] = ['0', '1']
-    elif script == 'predict.py':
-        flags['--iw_samples'] = ['10']
     elif script == 'oneclass.py':
         flags.update({'--classes': ['0'], '--n_epochs': ['1']})
     elif script == 'recipes.py':
