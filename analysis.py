@@ -297,3 +297,19 @@ def noisy_errors(model, images, batch_size=1024):
         x = to_input(batch)
         errors.append(reconstruction_errors(model(model.corrupt(x)), x)[0])
     return torch.cat(errors)
+
+
+def empty_tiles(codes, axis):
+    """Of a grid of tiles centred on axis[0] x axis[1] (z2 flipped, growing upwards, as the decoded
+    grid is drawn), those with none of the 2-d codes in them or in a tile beside them (a sparse cloud
+    leaves chance gaps): an (n, n) bool tensor, row by row. Codes outside the grid count for no tile."""
+    def tile_index(values, centres):
+        bounds = (centres[1:] + centres[:-1]) / 2
+        low, high = 2 * centres[0] - bounds[0], 2 * centres[-1] - bounds[-1]
+        return torch.searchsorted(bounds.contiguous(), values.contiguous()), (values >= low) & (values <= high)
+    n = len(axis[0])
+    (columns, in_x), (rows, in_y) = tile_index(codes[:, 0], axis[0]), tile_index(codes[:, 1], axis[1])
+    inside = torch.zeros(n, n)
+    inside[n - 1 - rows[in_x & in_y], columns[in_x & in_y]] = 1
+    near = torch.nn.functional.max_pool2d(inside[None, None], 3, stride=1, padding=1)[0, 0]
+    return near == 0

@@ -84,16 +84,21 @@ def bare(ax):
         spine.set_visible(False)
 
 
-def image_rows(rows, title):
+def image_rows(rows, title, column_labels=None):
     """One row of images per (label, images) pair, the label on the left; images are
-    (n, C, H, W) in [0, 1]."""
+    (n, C, H, W) in [0, 1]; column_labels (e.g. the classes) under the columns when given."""
     n_cols = max(len(images) for _, images in rows)
-    h = rows[0][1].shape[2]
+    h, w = rows[0][1].shape[2:]
     gap = max(1, h // 14)
-    fig, ax = plt.subplots(figsize=(max(n_cols, 4) + 1, len(rows) + .8), layout='constrained')
+    fig, ax = plt.subplots(figsize=(max(n_cols, 4) + 1, len(rows) + .8 + .3 * bool(column_labels)),
+                           layout='constrained')
     show(ax, tile([images for _, images in rows], gap))
     bare(ax)
     ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(len(rows))], [label for label, _ in rows])
+    if column_labels:
+        ax.set_xticks([i * (w + gap) + (w - 1) / 2 for i in range(len(column_labels))],
+                      [textwrap.shorten(label, 12, placeholder='..') for label in column_labels], fontsize=7,
+                      rotation=30 if max(map(len, column_labels)) > 6 else 0)
     fig.suptitle(wrapped(title, fig))
     return fig
 
@@ -150,12 +155,16 @@ def decision_regions(regions, extent, codes, labels, class_names, title):
     return fig
 
 
-def decoded_grid(images, axis, title):
+def decoded_grid(images, axis, title, faded=None):
     """Images (n * n, C, H, W) decoded on an n x n grid of codes (axis: the n values of each
-    coordinate), z2 growing upwards."""
+    coordinate), z2 growing upwards; the tiles of faded ((n, n) bool, row by row) washed toward white,
+    so that what the decoder makes far from every code is not taken for what it learned."""
     n = len(axis[0])
     c, h, w = images.shape[1:]
-    mosaic = images.view(n, n, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, n * h, n * w)
+    images = images.detach().float().clamp(0, 1).cpu().view(n, n, c, h, w)
+    if faded is not None:
+        images = torch.where(faded.view(n, n, 1, 1, 1), .25 * images + .75, images)
+    mosaic = images.permute(2, 0, 3, 1, 4).reshape(c, n * h, n * w)
     fig, ax = plt.subplots(figsize=(9, 9), layout='constrained')
     show(ax, mosaic, extent=(0, n, 0, n))
     ticks = list(range(0, n, 4))
@@ -204,19 +213,26 @@ def histograms_by_class(values, labels, class_names, xlabel, title):
 
 
 def loss_curves(history, title):
-    """Train and valid loss per epoch, one panel per part of the loss."""
+    """Train and valid loss per epoch, one panel per part of the loss, the kept (best) epoch marked;
+    from 3 epochs on, the scale fits the epochs after the first."""
     parts = [k[len('train_'):] for k in history[0] if k.startswith('train_')]
     # A part equal to the loss (an AE's recon without penalties) would only repeat its panel.
     parts = [p for p in parts if p == 'loss' or any(h[f'train_{p}'] != h['train_loss'] for h in history)]
-    fig, axes = plt.subplots(1, len(parts), figsize=(4.5 * len(parts), 4), squeeze=False, layout='constrained')
+    fig, axes = plt.subplots(1, len(parts), figsize=(max(7., 4.5 * len(parts)), 4), squeeze=False,
+                             layout='constrained')
     epochs = [h['epoch'] for h in history]
+    kept = min(history, key=lambda h: h['valid_loss'])['epoch']  # the best valid loss: the checkpoint's weights
     for ax, part in zip(axes[0], parts):
         for split, style in (('train', '-'), ('valid', '--')):
             ax.plot(epochs, [h[f'{split}_{part}'] for h in history], style, marker='.', label=split)
+        ax.axvline(kept, color='gray', linewidth=.8, linestyle=':', label=f'kept: epoch {kept}')
         ax.set_xlabel('epoch')
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f'{part} per image (log scale)')
         ax.set_yscale('log')  # the first epochs fall steeply; later ones still show
+        later = [h[f'{split}_{part}'] for h in history[1:] for split in ('train', 'valid')]
+        if len(history) >= 3 and min(later) > 0:  # the first epoch's loss, often far above, left off the scale
+            ax.set_ylim(min(later) / 1.1, max(later) * 1.1)
         # Plain numbers (20, 60), not 2 x 10^1, on the major and the labelled minor ticks.
         for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, .5)))
@@ -227,19 +243,14 @@ def loss_curves(history, title):
 
 def auroc_by_class(per_class, class_names, baselines, published, title):
     """Left: the ROC AUC of each score for each normal class, baselines as crosses. Right: the
-    means, beside published means (name, percent) when given."""
+    means, beside published means (name, percent) when given. For one class, its ROC AUCs as bars alone."""
     classes = list(per_class)
     names = list(per_class[classes[0]])
-    fig, (ax, means_ax) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2), layout='constrained')
-    for i, name in enumerate(names):
-        ax.plot(range(len(classes)), [100 * per_class[c][name] for c in classes], linestyle='none',
-                marker='x' if name in baselines else 'o', color=plt.cm.tab10(i % 10), label=name)
-    ax.set_xticks(range(len(classes)), [textwrap.shorten(class_names[c], 12, placeholder='..') for c in classes],
-                  rotation=45, ha='right')
-    ax.set_xlabel('normal class')
-    ax.set_ylabel('ROC AUC, %')
-    ax.axhline(50, color='gray', linewidth=.8, linestyle=':')
-    ax.legend(fontsize=8)
+    if len(classes) == 1:  # one class: its ROC AUCs as the bars alone, no panel of one column of points
+        fig, means_ax = plt.subplots(figsize=(8, 5), layout='constrained')
+    else:
+        fig, (ax, means_ax) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2), layout='constrained')
+        roc_auc_points(ax, per_class, classes, names, class_names, baselines)
     rows = [(name, 100 * sum(per_class[c][name] for c in classes) / len(classes), plt.cm.tab10(i % 10))
             for i, name in enumerate(names)]
     rows += [(textwrap.shorten(name, 40, placeholder='..'), percent, 'lightgray') for name, percent in published]
@@ -252,6 +263,20 @@ def auroc_by_class(per_class, class_names, baselines, published, title):
         means_ax.text(max(percent, CHANCE_PERCENT), y, f' {percent:.1f}', va='center', fontsize=8)
     low = min(row[1] for row in rows)
     means_ax.set_xlim(min(CHANCE_PERCENT, low - 5), 104)  # room for the labels of bars near 100
-    means_ax.set_xlabel('mean ROC AUC, %, from chance (50)' + ('; gray: published' if published else ''))
+    what = (f'ROC AUC, %, normal class {class_names[classes[0]]}' if len(classes) == 1 else 'mean ROC AUC, %')
+    means_ax.set_xlabel(f'{what}, from chance (50)' + ('; gray: published' if published else ''))
     fig.suptitle(wrapped(title, fig))
     return fig
+
+
+def roc_auc_points(ax, per_class, classes, names, class_names, baselines):
+    """The ROC AUC of each score (a colour each, baselines as crosses) for each normal class."""
+    for i, name in enumerate(names):
+        ax.plot(range(len(classes)), [100 * per_class[c][name] for c in classes], linestyle='none',
+                marker='x' if name in baselines else 'o', color=plt.cm.tab10(i % 10), label=name)
+    ax.set_xticks(range(len(classes)), [textwrap.shorten(class_names[c], 12, placeholder='..') for c in classes],
+                  rotation=45, ha='right')
+    ax.set_xlabel('normal class')
+    ax.set_ylabel('ROC AUC, %')
+    ax.axhline(50, color='gray', linewidth=.8, linestyle=':')
+    ax.legend(fontsize=8)

@@ -26,6 +26,7 @@ WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly
 NEEDS_2D_CODE = {'boundary', 'manifold'}
 NEEDS_LABELS = {'boundary'}
 KNN_K = 5
+SHOWN_SEED = 0  # the seeded choice of the test images that the figures show
 IW_SAMPLES = 100  # --iw_samples of a VAE
 
 
@@ -107,6 +108,11 @@ class Report:
         return binarize_once(images) if self.config.get('binarize') else images, labels
 
     @property
+    def subject(self):
+        """What every figure's title starts with: the model and the data it is shown on."""
+        return f'{os.path.basename(self.args.model_fn)} ({type(self.model).__name__}) on {self.dataset}'
+
+    @property
     def anomaly_score_name(self):
         return self.args.anomaly_score or ('neg_elbo' if self.model.has_prior else 'recon')
 
@@ -157,19 +163,37 @@ class Report:
 
     # --- one method for each --what ---
 
+    @cached_property
+    def shown(self):
+        """The test images that the figures show: a fixed, seeded choice of --n_images, one of each class
+        in turn (class order, then again), so that a figure is a sample of the classes and not of the
+        first one in the folder; with the class of each."""
+        generator = torch.Generator().manual_seed(SHOWN_SEED)
+        labels = self.labels.cpu()
+        by_class = [(labels == c).nonzero().flatten() for c in labels.unique().tolist()]
+        by_class = [members[torch.randperm(len(members), generator=generator)] for members in by_class]
+        chosen, turn = [], 0
+        while len(chosen) < min(self.args.n_images, len(labels)):
+            chosen += [members[turn] for members in by_class if turn < len(members)]
+            turn += 1
+        chosen = torch.stack(chosen[:self.args.n_images]).to(self.images.device)
+        names = [self.class_names[c] for c in self.labels[chosen].tolist()] if self.labelled else None
+        return chosen, names
+
     def recon(self):
-        x = to_input(self.images[:self.args.n_images])
+        chosen, names = self.shown
+        x = to_input(self.images[chosen])
+        subject = f'{self.subject}: test images' + (', one of each class in turn,' if self.labelled else '')
         with torch.no_grad():
             rows = [('original', self.pictures(x)), ('reconstruction', self.pictures(self.model(x)))]
-            written = [self.save(figures.image_rows(rows,
-                                                    f'{self.dataset} test images and their reconstructions'),
+            written = [self.save(figures.image_rows(rows, f'{subject} and their reconstructions', names),
                                  'reconstructions.png')]
             if self.config.get('noise'):
                 noisy = self.model.corrupt(x)
                 rows = [(name, self.pictures(images)) for name, images in
                         (('noisy', noisy), ('denoised', self.model(noisy)), ('clean', x))]
-                title = f'{self.config["noise"]} noise, level {self.config["noise_level"]}'
-                written.append(self.save(figures.image_rows(rows, title), 'denoising.png'))
+                title = f'{self.subject}: {self.config["noise"]} noise, level {self.config["noise_level"]}'
+                written.append(self.save(figures.image_rows(rows, title, names), 'denoising.png'))
         return written, {}
 
     def latent(self):
@@ -178,7 +202,7 @@ class Report:
         if k > 2:
             codes = analysis.PCA(codes, 2).encode(codes)
             title, axis_names = f'test codes ({k}-d, projected on their first 2 principal components)', ('PC 1', 'PC 2')
-        fig = figures.codes_by_class(codes, self.labels, self.class_names, title, axis_names)
+        fig = figures.codes_by_class(codes, self.labels, self.class_names, f'{self.subject}: {title}', axis_names)
         return [self.save(fig, 'latent.png')], {}
 
     def boundary(self):
@@ -190,8 +214,8 @@ class Report:
         some = torch.randperm(len(self.train_codes), device=grid.device)[:10000]
         regions = analysis.knn_predict(self.train_codes[some], self.train_set[1][some], grid, KNN_K).view(n, n)
         fig = figures.decision_regions(regions, (x0, x1, y0, y1), self.test_codes, self.labels, self.class_names,
-                                       f'decision regions of a {KNN_K}-NN classifier on the training codes, '
-                                       f'test codes on top')
+                                       f'{self.subject}: decision regions of a {KNN_K}-NN classifier on the '
+                                       f'training codes, test codes on top')
         return [self.save(fig, 'boundary.png')], {}
 
     def manifold(self, n=20):
@@ -205,7 +229,10 @@ class Report:
             how = 'over the central 99% of the codes'
         gx, gy = torch.meshgrid(axis[0], axis[1].flip(0), indexing='xy')  # z2 grows upwards
         images = self.decode(torch.stack([gx.flatten(), gy.flatten()], 1).to(self.test_codes.device))
-        fig = figures.decoded_grid(images, axis, f'decoded from a {n} x {n} grid {how}')
+        empty = analysis.empty_tiles(self.test_codes.cpu(), axis)
+        title = (f'{self.subject}: decoded from a {n} x {n} grid {how}; faded: the {int(empty.sum())} tiles with no '
+                 f'test code in or beside them')
+        fig = figures.decoded_grid(images, axis, title, faded=empty)
         return [self.save(fig, 'manifold.png')], {}
 
     def samples(self):
@@ -217,16 +244,17 @@ class Report:
             # off the code manifold, which is why an AE is a poor generator.
             z = analysis.fit_gaussian(self.train_codes).sample((64,))
             title = 'decoded from a Gaussian fitted to the training codes'
-        return [self.save(figures.image_grid(self.decode(z), title), 'samples.png')], {}
+        return [self.save(figures.image_grid(self.decode(z), f'{self.subject}: {title}'), 'samples.png')], {}
 
     def interp(self):
         a, b = self.interp_endpoints()
         z = analysis.encode_all(self.model, self.images[[a, b]])
         t = torch.linspace(0, 1, self.args.interp_steps, device=z.device)[:, None]
-        rows = [('test images', self.pictures(to_input(self.images[[a, b]]))),
-                ('decoded', self.decode((1 - t) * z[0] + t * z[1]))]
+        ends = torch.ones(self.args.interp_steps, *self.image_shape, device=z.device)  # blank between the ends
+        ends[[0, -1]] = self.pictures(to_input(self.images[[a, b]]))
+        rows = [('test images', ends), ('decoded', self.decode((1 - t) * z[0] + t * z[1]))]
         names = [f' ({self.class_names[self.labels[i]]})' if self.labelled else '' for i in (a, b)]
-        title = f'test image {a}{names[0]} to test image {b}{names[1]}, {self.args.interp_steps} steps'
+        title = f'{self.subject}: test image {a}{names[0]} to test image {b}{names[1]}, {self.args.interp_steps} steps'
         return [self.save(figures.image_rows(rows, title), 'interp.png')], {}
 
     def interp_endpoints(self):
@@ -257,7 +285,8 @@ class Report:
         labels = self.all_labels.cpu()
         what = f'{name}: {SCORES[name].description}'
         print(f'anomaly score: {what}')
-        title, measured = 'anomaly scores of the test images by class', {'anomaly_score': name}
+        measured = {'anomaly_score': name}
+        title = f'{self.subject}: anomaly scores ({name}) of the test images by class'
         if self.config['target_labels']:
             is_anomaly = ~torch.isin(labels, torch.tensor(self.config['target_labels']))
             measured['anomaly_roc_auc'] = analysis.roc_auc(score, is_anomaly)
@@ -266,11 +295,11 @@ class Report:
                   f'{measured["anomaly_roc_auc"]:.4f}')
         hist = figures.histograms_by_class(score, labels, self.class_names, f'anomaly score ({what})', title)
         top = score.topk(min(16, len(score))).indices
+        captions = [f'{score[i]:.4g}' + (f' {self.class_names[labels[i]]}' if self.labelled else '')
+                    for i in top.tolist()]
         worst = figures.image_grid(self.pictures(to_input(self.all_images[top])),
-                                   f'the {len(top)} most anomalous test images' + (', with their class'
-                                                                                   if self.labelled else ''),
-                                   captions=[self.class_names[labels[i]] for i in top.tolist()] if self.labelled
-                                   else None)
+                                   f'{self.subject}: the {len(top)} most anomalous test images by {name}, with '
+                                   f'score{" and class" if self.labelled else ""}', captions=captions)
         return [self.save(hist, 'anomaly_hist.png'), self.save(worst, 'anomalies.png')], measured
 
     def metrics(self):
@@ -290,9 +319,9 @@ class Report:
         return [], m
 
     def curves(self):
-        title = f'{os.path.basename(self.args.model_fn)}: losses per epoch'
-        if self.model.has_prior:  # what the VAE's nats are
-            title += f'; {self.model.likelihood.describe()[0]}'
+        loss = 'negative ELBO' if self.model.has_prior else 'reconstruction error'
+        title = (f'{os.path.basename(self.args.model_fn)} ({type(self.model).__name__}): the {loss} per image '
+                 f'(--likelihood {self.config["likelihood"]}) by epoch')
         fig = figures.loss_curves(self.history, title)
         return [self.save(fig, 'curves.png')], {}
 

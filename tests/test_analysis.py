@@ -159,3 +159,13 @@ def test_the_code_box_holds_the_central_codes_and_ignores_outliers():
     assert torch.allclose(high, torch.tensor([.996, .995]), atol=1e-4)
     wider_low, wider_high = analysis.central_box(codes, share=.99, margin=.1)
     assert torch.allclose(wider_low, low - .1 * (high - low)) and torch.allclose(wider_high, high + .1 * (high - low))
+
+
+def test_the_empty_tiles_of_a_grid_are_those_with_no_code_in_or_beside_them():
+    axis = [torch.arange(5.)] * 2  # tiles centred on 0..4; z2 grows upwards, so row 0 is z2 = 4
+    codes = torch.tensor([[0.1, 0.2], [0.4, -0.3], [9., 9.], [-7., 2.]])  # two in tile (0, 0); two off the grid
+    empty = analysis.empty_tiles(codes, axis)
+    # the tile of z1 = 0, z2 = 0 is the bottom left one; it and the tiles beside it are not empty
+    expected = torch.ones(5, 5, dtype=torch.bool)
+    expected[3:, :2] = False
+    assert torch.equal(empty, expected)

@@ -106,6 +106,14 @@ def test_the_one_class_means_are_bars_from_chance():
     plt.close(fig)
 
 
+def test_one_normal_class_is_its_bars_alone():
+    per_class = dict(list(one_class_aurocs(3).items())[:1])
+    fig = figures.auroc_by_class(per_class, class_names(3), ['pca_recon'], [], 'title')
+    assert len(fig.axes) == 1 and 'normal class' in fig.axes[0].get_xlabel()
+    assert len(fig.axes[0].patches) == len(next(iter(per_class.values())))  # a bar for each score
+    plt.close(fig)
+
+
 def test_ten_classes_of_anomaly_scores_get_a_plot_each():
     labels = torch.arange(500) % 10
     fig = figures.histograms_by_class(torch.rand(500) + labels, labels, class_names(10), 'score', 'title')
@@ -115,4 +123,16 @@ def test_ten_classes_of_anomaly_scores_get_a_plot_each():
         assert len(ax.patches) == 2  # the class's own histogram and the gray one of all images
         assert [t.get_text() for t in ax.texts] == [figures.textwrap.shorten(class_names(10)[c], 24,
                                                                                placeholder='..')]
+    plt.close(fig)
+
+
+def test_loss_curves_mark_the_kept_epoch_and_fit_the_later_epochs():
+    history = [{'epoch': e, 'train_loss': loss, 'valid_loss': loss + v} for e, (loss, v) in
+               enumerate([(300., 50.), (30., 2.), (25., 1.), (24., 3.)], start=1)]
+    fig = figures.loss_curves(history, 'title')
+    ax = fig.axes[0]
+    kept = [line for line in ax.get_lines() if line.get_label().startswith('kept')]
+    assert [line.get_label() for line in kept] == ['kept: epoch 3'] and list(kept[0].get_xdata()) == [3, 3]
+    low, high = ax.get_ylim()
+    assert low < 24 and 32 < high < 300  # the first epoch's 300 and 350 are left above the scale
     plt.close(fig)

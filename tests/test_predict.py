@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+import torch
 from PIL import Image
 
 import predict
@@ -152,3 +153,13 @@ def test_below_baseline_says_nothing_of_a_model_that_beats_pca_and_names_the_lik
     new_images_only, = predict.below_baseline({**m, 'knn_accuracy': .7, 'train_knn_accuracy': .85})
     assert 'under-trained' not in new_images_only
     assert '(0.8500 against 0.8500, leave-one-out)' in new_images_only and 'more training images' in new_images_only
+
+
+def test_the_figures_show_one_test_image_of_each_class_in_turn(models, tmp_path):
+    model, checkpoint = predict.load_model(models['vae2'], torch.device('cpu'))
+    args = predict.define_argparser().parse_args(['--model_fn', models['vae2'], '--n_images', '10'])
+    report = predict.Report(model, checkpoint, args, torch.device('cpu'), str(tmp_path))
+    chosen, names = report.shown
+    assert report.labels[chosen].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # the 4 classes trained on, in turn
+    assert names == [str(c) for c in report.labels[chosen].tolist()]
+    assert torch.equal(predict.Report(model, checkpoint, args, torch.device('cpu'), str(tmp_path)).shown[0], chosen)
