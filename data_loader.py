@@ -232,17 +232,33 @@ def load_folder(data_dir, train, image_size=None, channels=None):
                             f'class folders or neither')
         return read_folder(train_dir if train else test_dir, image_size, channels, names)
     n_images = len(list_images(data_dir)[0])
-    n_test = int(n_images * HELD_OUT_SHARE)
-    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    train_part, test_part = held_out_split(n_images)
     # The cache holds the training images, then the test images, each in the folder's order: both
     # are views of the one memory-mapped file, never copies.
-    n_train = n_images - n_test
-    images, labels = read_folder(data_dir, image_size, channels,
-                                 order=torch.cat([order[n_test:].sort().values, order[:n_test].sort().values]))
-    if n_test < 1 or n_test == n_images:
+    n_train = len(train_part)
+    images, labels = read_folder(data_dir, image_size, channels, order=torch.cat([train_part, test_part]))
+    if len(test_part) < 1 or len(train_part) < 1:
         raise DataError(f'{data_dir}: {n_images} images are too few to hold out a test set; add images or '
                         f'give train/ and test/ subfolders')
     return (images[:n_train], labels[:n_train]) if train else (images[n_train:], labels[n_train:])
+
+
+def held_out_split(n_images):
+    """The positions in a folder's sorted list of images of its training images and of its held-out
+    test images (a seeded HELD_OUT_SHARE), each in the folder's order."""
+    n_test = int(n_images * HELD_OUT_SHARE)
+    order = torch.randperm(n_images, generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    return order[n_test:].sort().values, order[:n_test].sort().values
+
+
+def test_files(dataset, data_dir):
+    """The file of each test image of a folder, in the order load_folder gives them; None for IDX files."""
+    if dataset != 'folder':
+        return None
+    if is_train_test_pair(data_dir):
+        return list_images(os.path.join(data_dir, 'test'), list_images(os.path.join(data_dir, 'train'))[2])[0]
+    paths = list_images(data_dir)[0]
+    return [paths[i] for i in held_out_split(len(paths))[1]]
 
 
 def is_image(name):

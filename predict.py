@@ -7,6 +7,7 @@ import os
 import sys
 from functools import cached_property
 
+import numpy as np
 import torch
 from torch.distributions import Normal
 
@@ -15,14 +16,15 @@ from anomaly import SCORES, Scorer, scores_of
 import figures
 from checkpoint import check_writable
 from data_loader import (DATASETS, DataError, binarize_once, class_indices, class_names, load_dataset, select_labels,
-                         split_train_valid, to_input)
+                         split_train_valid, test_files, to_input)
 from model import load_model
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
 from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir,
                    run_cli, set_seed, set_threads)
 
-WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves']
+WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves', 'codes']
+OPT_IN = {'codes'}  # made only when --what names it: a file of every test image's code and reconstruction
 NEEDS_2D_CODE = {'boundary', 'manifold'}
 NEEDS_LABELS = {'boundary'}
 KNN_K = 5
@@ -40,7 +42,8 @@ def define_argparser():
                         'decision regions in the code plane; manifold: images decoded from a grid over the code '
                         'plane; samples: generated images; interp: images between two codes; anomaly: per-image '
                         'scores, the most anomalous images and ROC AUC; metrics: metrics.json and a table beside '
-                        'PCA; curves: loss per epoch')
+                        'PCA; curves: loss per epoch; codes (only when named): codes.npz, the test images\' codes, '
+                        'labels, file names and reconstructions, for numpy or any other tool')
     add_gpu_flag(p)
     add_threads_flag(p)
     p.add_argument('--out_dir', default=None,
@@ -60,6 +63,11 @@ def define_argparser():
     g.add_argument('--interp_classes', nargs=2, metavar=('A', 'B'),
                    help='interpolate between the first test images of classes A and B, by index or name (default: '
                         'the first two classes, or test images 0 and 1 when the data has no classes)')
+    p.add_argument('--train_codes', action='store_true',
+                   help='--what codes: the codes and labels of the training images too')
+    p.add_argument('--n_samples', type=int_at_least(1), default=64,
+                   help='--what samples: how many images to generate, drawn in samples.png and kept with their codes '
+                        'in samples.npz (default: %(default)s)')
     p.add_argument('--interp_steps', type=int_at_least(2), default=10, help='(default: %(default)s)')
     p.add_argument('--iw_samples', type=int_at_least(1), default=None,
                    help='VAE: samples per image for the importance-weighted bound on -log p(x) (nats of -log p(x) '
@@ -236,15 +244,37 @@ class Report:
         return [self.save(fig, 'manifold.png')], {}
 
     def samples(self):
+        n = self.args.n_samples
         if self.model.has_prior:
-            z = self.model.sample_prior(64, self.test_codes.device)
+            z = self.model.sample_prior(n, self.test_codes.device)
             title = f'decoded from z ~ p(z), {self.model.prior.label}'
         else:
             # An AutoEncoder has no prior; a Gaussian fitted to its codes lands in gaps and
             # off the code manifold, which is why an AE is a poor generator.
-            z = analysis.fit_gaussian(self.train_codes).sample((64,))
+            z = analysis.fit_gaussian(self.train_codes).sample((n,))
             title = 'decoded from a Gaussian fitted to the training codes'
-        return [self.save(figures.image_grid(self.decode(z), f'{self.subject}: {title}'), 'samples.png')], {}
+        images = self.decode(z)
+        np.savez_compressed(self.path('samples.npz'), images=images.cpu().numpy(), codes=z.cpu().numpy())
+        return [self.save(figures.image_grid(images, f'{self.subject}: {title}'), 'samples.png'),
+                self.path('samples.npz')], {}
+
+    def codes(self):
+        """codes.npz: the codes of the test images (of the classes trained on), their labels, positions in
+        the test set and, for a folder, file names, their reconstructions (uint8, as the images), the class
+        names; with --train_codes, the training images' codes and labels too."""
+        with torch.no_grad():
+            reconstructions = torch.cat([self.model(to_input(batch))
+                                         for batch in self.images.split(self.args.batch_size)])
+        arrays = dict(codes=self.test_codes, labels=self.labels, index=self.known.nonzero().flatten(),
+                      reconstructions=(self.pictures(reconstructions).clamp(0, 1) * 255).round().to(torch.uint8))
+        arrays = {name: value.cpu().numpy() for name, value in arrays.items()}
+        files = test_files(self.dataset, self.data_dir)
+        if files is not None:
+            arrays['files'] = np.array(files)[arrays['index']]
+        if self.args.train_codes:
+            arrays.update(train_codes=self.train_codes.cpu().numpy(), train_labels=self.train_set[1].cpu().numpy())
+        np.savez_compressed(self.path('codes.npz'), class_names=np.array(self.class_names), **arrays)
+        return [self.path('codes.npz')], {}
 
     def interp(self):
         a, b = self.interp_endpoints()
@@ -380,7 +410,8 @@ def below_baseline(m):
 
 
 def applicable(model_btl_size, labelled):
-    return [w for w in WHAT if (model_btl_size == 2 or w not in NEEDS_2D_CODE) and (labelled or w not in NEEDS_LABELS)]
+    return [w for w in WHAT if (model_btl_size == 2 or w not in NEEDS_2D_CODE) and (labelled or w not in NEEDS_LABELS)
+            and w not in OPT_IN]
 
 
 def applicable_what(args, btl_size, labelled):
@@ -413,6 +444,8 @@ def needs_train_set(w, report):
     """Whether --what w reads the training images (their codes, kNN, PCA), not only the test set."""
     if w in ('boundary', 'metrics'):
         return True
+    if w == 'codes':
+        return report.args.train_codes
     if w in ('manifold', 'samples'):  # an AutoEncoder's: the box of its codes, a Gaussian fitted to them
         return not report.model.has_prior
     return w == 'anomaly' and SCORES[report.anomaly_score_name].needs_train_images

@@ -341,3 +341,30 @@ def test_identical_training_images_are_refused_before_anything_is_written(tmp_pa
     expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--dataset', 'folder',
                                                 '--data_dir', root, *TINY], capsys, 'training images are identical')
     assert not os.path.exists(tmp_path / 'm.pth')
+
+
+@pytest.mark.parametrize('layout', ['held_out', 'train_test'])
+def test_the_codes_file_names_each_test_image_with_its_file_label_code_and_reconstruction(layout, tmp_path):
+    images, labels = colour_images(60, seed=0)
+    names = [f'kind {c}' for c in range(10)]
+    if layout == 'held_out':
+        root = write_image_folder(str(tmp_path / 'images'), images, labels, names)
+    else:
+        root = str(tmp_path / 'images')
+        write_image_folder(os.path.join(root, 'train'), images[:40], labels[:40], names)
+        write_image_folder(os.path.join(root, 'test'), images[40:], labels[40:], names)
+    model_fn = str(tmp_path / 'm.pth')
+    train_in_process('--model_fn', model_fn, '--dataset', 'folder', '--data_dir', root, '--btl_size', '3',
+                     '--target_labels', 'kind 1', 'kind 2', 'kind 3', *TINY)
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--what', 'codes', '--train_codes']),
+            'predict.py')
+    saved = np.load(tmp_path / 'm_predict' / 'codes.npz')
+    test_images, test_labels = load_folder(root, False)
+    assert set(saved['labels'].tolist()) <= {1, 2, 3} and len(saved['codes']) == len(saved['labels'])
+    assert saved['codes'].shape[1] == 3 and saved['train_codes'].shape[1] == 3
+    for i, path in zip(saved['index'].tolist(), saved['files']):
+        # each code's file is the test image at its index, of its class
+        assert torch.equal(data_loader.decode_images([str(path)]), test_images[i:i + 1])
+        assert names[test_labels[i]] == os.path.basename(os.path.dirname(str(path)))
+    assert saved['reconstructions'].shape == (len(saved['codes']), 3, 28, 28)
+    assert list(saved['class_names']) == names

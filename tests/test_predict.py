@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +15,8 @@ from utils import run_cli
 
 FIGURES = {'recon': ['reconstructions.png'], 'latent': ['latent.png'], 'boundary': ['boundary.png'],
            'manifold': ['manifold.png'], 'samples': ['samples.png'], 'interp': ['interp.png'],
-           'anomaly': ['anomaly_hist.png', 'anomalies.png'], 'metrics': [], 'curves': ['curves.png']}
+           'anomaly': ['anomaly_hist.png', 'anomalies.png'], 'metrics': [], 'curves': ['curves.png'], 'codes': []}
+ARRAYS = {'samples': ['samples.npz'], 'codes': ['codes.npz']}  # beside the figures, for numpy
 METRICS = {'dataset', 'n_test', 'sse_per_image', 'bce_per_image', 'knn_accuracy', 'pca_components',
            'pca_sse_per_image', 'pca_bce_per_image', 'pca_knn_accuracy', 'train_knn_accuracy',
            'pca_train_knn_accuracy'}
@@ -45,7 +47,7 @@ def run_predict(model_fn, out_dir, *flags):
 @pytest.mark.parametrize('what', predict.WHAT)
 def test_each_what_writes_valid_figures(models, what, tmp_path, capsys):
     metrics = run_predict(models['vae2'], tmp_path, '--what', what)
-    assert sorted(os.listdir(tmp_path)) == sorted(FIGURES[what] + ['metrics.json'])
+    assert sorted(os.listdir(tmp_path)) == sorted(FIGURES[what] + ARRAYS.get(what, []) + ['metrics.json'])
     for name in FIGURES[what]:
         with Image.open(tmp_path / name) as image:
             image.verify()
@@ -58,6 +60,10 @@ def test_each_what_writes_valid_figures(models, what, tmp_path, capsys):
         assert metrics['iwae_cross_entropy'] <= metrics['neg_elbo']  # grayscale pixels: not nats of -log p(x)
         assert 0 <= metrics['knn_accuracy'] <= 1 and 0 <= metrics['active_units'] <= 2
         assert 'PCA-2' in out and 'IWAE' in out
+    if what in ARRAYS:  # numpy reads them in one line
+        arrays = np.load(tmp_path / ARRAYS[what][0])
+        n, image = (64, 'images') if what == 'samples' else (40, 'reconstructions')  # 4 classes of 10 test images
+        assert arrays['codes'].shape == (n, 2) and arrays[image].shape == (n, 1, 28, 28)
     if what == 'anomaly':
         assert 0 <= metrics['anomaly_roc_auc'] <= 1
         assert 'anomaly ROC AUC (classes 0 1 2 3 normal)' in out
