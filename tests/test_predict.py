@@ -10,6 +10,7 @@ from PIL import Image
 
 import predict
 import train
+from data_loader import load_dataset, write_image_folder
 from helpers import TINY, expect_usage_error, iw_samples_flag
 from utils import run_cli
 
@@ -159,6 +160,10 @@ def test_below_baseline_says_nothing_of_a_model_that_beats_pca_and_names_the_lik
     new_images_only, = predict.below_baseline({**m, 'knn_accuracy': .7, 'train_knn_accuracy': .85})
     assert 'under-trained' not in new_images_only
     assert '(0.8500 against 0.8500, leave-one-out)' in new_images_only and 'more training images' in new_images_only
+    # images other than those the model was trained on: that is said, not the training blamed
+    other_data = predict.below_baseline({**m, 'sse_per_image': 3., 'knn_accuracy': .7}, 'trained on mnist, ...')
+    assert len(other_data) == 2 and all('trained on mnist' in line and 'under-trained' not in line
+                                        for line in other_data)
 
 
 def test_the_figures_show_one_test_image_of_each_class_in_turn(models, tmp_path):
@@ -169,3 +174,27 @@ def test_the_figures_show_one_test_image_of_each_class_in_turn(models, tmp_path)
     assert report.labels[chosen].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]  # the 4 classes trained on, in turn
     assert names == [str(c) for c in report.labels[chosen].tolist()]
     assert torch.equal(predict.Report(model, checkpoint, args, torch.device('cpu'), str(tmp_path)).shown[0], chosen)
+
+
+@pytest.mark.parametrize('ours, pca, higher_is_better, n_test, word', [
+    (24.46, 36.14, False, 10000, '-32.3%, better'),
+    (104.1, 107.6, False, 10000, '-3.3%, better'),
+    (104.1, 107.6, False, 300, '-3.3%, within the seed-to-seed spread (10%)'),
+    (.6522, .7810, True, 10000, '-16.5%, worse'),
+    (.75, .74, True, 10000, '+1.4%, within the seed-to-seed spread (3%)'),
+])
+def test_a_margin_over_pca_is_called_a_gain_only_beyond_the_seed_to_seed_spread(ours, pca, higher_is_better,
+                                                                                n_test, word):
+    assert predict.margin(ours, pca, higher_is_better, n_test) == word
+
+
+def test_predict_on_other_data_than_the_model_was_trained_on_says_so_in_one_line(models, data_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    # the MNIST-like test images written as a folder: another data set for a model trained on the IDX files
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))  # the folder's cache, not in the home folder
+    images, labels = load_dataset('mnist', data_dir, False)
+    folder = write_image_folder(str(tmp_path / 'images'), images, labels)
+    run_predict(models['ae3'], tmp_path / 'out', '--dataset', 'folder', '--data_dir', folder, '--what', 'recon')
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith('note:')]
+    assert notes == [f'note: trained on mnist, evaluated on the folder {folder}, its images converted to the '
+                     f"model's 1 x 28 x 28"]
