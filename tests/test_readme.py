@@ -1,6 +1,7 @@
 """The documentation's commands: every one of them is accepted by its script, and every README
 command runs offline on Fashion-MNIST, shortened."""
 import glob
+import importlib
 import os
 import re
 import shlex
@@ -136,3 +137,25 @@ def test_the_reference_table_of_train_py_holds_every_flag_with_its_default():
     for name, default in documented.items():
         if name in train.DEFAULTS and re.fullmatch(r'[-\d.e]+', default):
             assert float(default) == float(train.DEFAULTS[name]), name
+
+
+def reference_row(heading, flag):
+    """The row of docs/reference.md's table under heading whose first column names flag."""
+    text = open(os.path.join(ROOT, 'docs', 'reference.md')).read()
+    section = text.split(f'\n{heading}\n')[1].split('\n## ')[0]
+    return next(line for line in section.splitlines() if line.startswith(f'| `{flag}`'))
+
+
+@pytest.mark.parametrize('heading, flag, registry', [
+    ('## train.py', '--activation', 'model.ACTIVATIONS'),
+    ('## train.py', '--arch', 'model.ARCHITECTURES'),
+    ('## train.py', '--prior', 'distributions.PRIORS'),
+    ('## train.py', '--likelihood', 'distributions.LIKELIHOODS'),
+    ('## predict.py', '--anomaly_score', 'anomaly.SCORES'),
+])
+def test_the_reference_rows_that_list_a_registry_name_each_of_its_entries(heading, flag, registry):
+    """A name added to a registry must be added to the docs' row too: this fails until it is."""
+    module, name = registry.split('.')
+    documented = set(re.findall(r'`([\w-]+)`', reference_row(heading, flag)))
+    missing = set(getattr(importlib.import_module(module), name)) - documented
+    assert not missing, f'docs/reference.md, {flag}: add {sorted(missing)}'
