@@ -20,8 +20,8 @@ from data_loader import (DATASETS, DataError, binarize_once, class_indices, clas
 from model import load_model
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
-from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir,
-                   run_cli, set_seed, set_threads)
+from utils import (EVAL_SEED, ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least,
+                   make_out_dir, run_cli, seeded, set_seed, set_threads)
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves', 'codes']
 OPT_IN = {'codes'}  # made only when --what names it: a file of every test image's code and reconstruction
@@ -241,10 +241,16 @@ class Report:
         return [self.save(fig, 'boundary.png')], {}
 
     def manifold(self, n=20):
-        if self.model.has_prior:
+        if self.model.has_prior and self.config['prior'] == 'normal':
             # Equal steps of probability under the N(0, 1) prior of each coordinate.
             axis = [Normal(0., 1.).icdf(torch.linspace(.03, .97, n))] * 2
             how = 'through the inverse CDF of N(0, 1)'
+        elif self.model.has_prior:
+            # Another prior's equal steps of probability, each coordinate's quantiles of 10,000 draws of it.
+            with seeded(EVAL_SEED, self.test_codes.device):
+                draws = self.model.sample_prior(10000, self.test_codes.device).cpu()
+            axis = [torch.quantile(draws[:, i], torch.linspace(.03, .97, n)) for i in range(2)]
+            how = f'through the quantiles of the prior, {self.model.prior.label}'
         else:
             low, high = self.code_range
             axis = [torch.linspace(low[i].item(), high[i].item(), n) for i in range(2)]
