@@ -198,3 +198,45 @@ def test_predict_on_other_data_than_the_model_was_trained_on_says_so_in_one_line
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith('note:')]
     assert notes == [f'note: trained on mnist, evaluated on the folder {folder}, its images converted to the '
                      f"model's 1 x 28 x 28"]
+
+
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isfile(FASHION_MNIST), reason='needs Fashion-MNIST (apt-get install '
+                                                              'dataset-fashion-mnist); .ci/run installs it')
+@pytest.mark.parametrize('kind', ['mlp_ae', 'vamp_vae', 'conv_ae_colour_folder'])
+def test_the_figures_of_three_kinds_of_model_say_what_they_show(kind, tmp_path, capsys, monkeypatch):
+    """An MLP AE on Fashion-MNIST, a VAE with a VampPrior, a conv AE on a colour class folder: every
+    figure of predict.py is made (they stay in this test's folder to be looked at), the images shown are
+    one of each class in turn, and the titles name the model and the data."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    fashion = ['--dataset', 'fashion_mnist', '--target_labels', '0', '1', '7']
+    flags = {'mlp_ae': fashion,
+             'vamp_vae': [*fashion, '--model', 'vae', '--prior', 'vamp', '--n_pseudo', '20', '--use_dropout',
+                          '--dropout_p', '0'],
+             'conv_ae_colour_folder': ['--dataset', 'folder', '--data_dir', str(tmp_path / 'colour'), '--arch', 'conv']}
+    if kind == 'conv_ae_colour_folder':  # 300 Fashion-MNIST test images of 3 classes, each tinted, as class folders
+        images, labels = load_dataset('fashion_mnist', './data', False)
+        keep = torch.isin(labels, torch.tensor([0, 1, 7])).nonzero().flatten()[:300]
+        tint = torch.tensor([[1., .6, .3], [.3, 1., .6], [.6, .3, 1.]])[torch.arange(300) % 3].view(300, 3, 1, 1)
+        write_image_folder(str(tmp_path / 'colour'), (images[keep].float() * tint).to(torch.uint8), labels[keep],
+                           ['T-shirt', 'Trouser', *'23456', 'Sneaker', *'89'])
+    model_fn = str(tmp_path / f'{kind}.pth')
+    run_cli(lambda: train.main(['--model_fn', model_fn, '--btl_size', '2', '--n_epochs', '3', '--gpu_id', '-1',
+                                '--verbose', '0', *flags[kind]]), 'train.py')
+    capsys.readouterr()
+    run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', *iw_samples_flag(model_fn, 10)]),
+            'predict.py')
+    out_dir = tmp_path / f'{kind}_predict'
+    figures_made = {name for name in os.listdir(out_dir) if name.endswith('.png')}
+    assert figures_made == {'reconstructions.png', 'latent.png', 'boundary.png', 'manifold.png', 'samples.png',
+                            'interp.png', 'anomaly_hist.png', 'anomalies.png', 'curves.png'}
+    model, checkpoint = predict.load_model(model_fn, torch.device('cpu'))
+    args = predict.define_argparser().parse_args(['--model_fn', model_fn])
+    report = predict.Report(model, checkpoint, args, torch.device('cpu'), str(out_dir))
+    classes = [0, 1, 2] if kind == 'conv_ae_colour_folder' else [0, 1, 7]
+    assert report.labels[report.shown[0]].tolist() == (classes * 4)[:10]  # one of each class in turn
+    assert report.subject == f'{kind}.pth ({type(model).__name__}) on {checkpoint["config"]["dataset"]}'
+    assert 'model against PCA' in capsys.readouterr().out
