@@ -36,8 +36,8 @@ from model import build_model
 from runlog import CSV_NAME, RunLog
 import train
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
-from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, get_device, int_at_least, print_rows, run_cli,
-                   run_sibling, set_seed, set_threads)
+from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, child_processes, get_device, int_at_least,
+                   print_rows, run_cli, run_sibling, set_seed, set_threads)
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
 # 784-400-20, Linear + ReLU, no normalisation.
@@ -235,13 +235,19 @@ finally:
 """
 
 
+def write_training_idx(folder, images):
+    """images (N, 1, 28, 28) as the training IDX files of a data set, unlabelled (every label 0), for
+    train.py to read like any data set."""
+    write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:, 0].numpy())
+    write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(len(images)))
+
+
 def peak_training_memory_mb(images, n_images, train_flags):
     """Peak resident memory of `python train.py` (default AutoEncoder, one epoch, CPU, with
     train_flags added) on the first n_images images, written as IDX files for it to read like
     any data set."""
     with tempfile.TemporaryDirectory() as folder:
-        write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:n_images, 0].numpy())
-        write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(n_images))
+        write_training_idx(folder, images[:n_images])
         printed = run_sibling('train.py', ['--model_fn', os.path.join(folder, 'm.pth'), '--data_dir', folder,
                                            '--btl_size', '2', '--n_epochs', '1', '--verbose', '0', '--gpu_id', '-1',
                                            *train_flags],
@@ -422,8 +428,7 @@ def ranks_speed(images, device, n_ranks, n_epochs=3, train_flags=()):
     threads: every core) and under torchrun on n_ranks ranks (one thread each on CPUs), read from the
     runs' metrics.csv: the median over the epochs after the first."""
     with tempfile.TemporaryDirectory() as folder:
-        write_idx(os.path.join(folder, 'train-images-idx3-ubyte'), images[:, 0].numpy())
-        write_idx(os.path.join(folder, 'train-labels-idx1-ubyte'), np.zeros(len(images)))
+        write_training_idx(folder, images)
         speeds = {}
         for ranks in (1, n_ranks):
             model_fn = os.path.join(folder, f'ranks{ranks}.pth')
@@ -452,15 +457,7 @@ def proportional_set_size_mb(pids):
 
 def train_py_processes(process):
     """The train.py processes of a run: itself, or the ranks that torchrun started."""
-    children = []
-    for pid in os.listdir('/proc'):
-        try:
-            with open(f'/proc/{pid}/stat') as f:
-                if int(f.read().rsplit(')', 1)[1].split()[1]) == process.pid:
-                    children.append(int(pid))
-        except (OSError, ValueError, IndexError):
-            continue
-    return children or [process.pid]
+    return child_processes(process.pid) or [process.pid]
 
 
 def shared_data_memory(images, n_ranks, target_mb=500, image_side=64, interval=.2):

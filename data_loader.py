@@ -499,7 +499,7 @@ def select_labels(images, labels, target_labels):
     empty)."""
     if not target_labels:
         return images, labels
-    keep = torch.isin(labels, torch.tensor(target_labels))
+    keep = selected_indices(labels, target_labels)
     return images[keep], labels[keep]
 
 

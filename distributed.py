@@ -15,7 +15,7 @@ import re
 import torch
 import torch.distributed as dist
 
-from utils import CliError, first_line
+from utils import CliError, first_line, get_device
 
 # How long a rank waits for the others in one collective before it gives up. A rank that dies closes
 # its connections and the others fail at once; this bounds a rank that hangs.
@@ -119,7 +119,6 @@ def start(gpu_id):
     """(Ranks, device) of this process: under torchrun with several processes, its rank in a process
     group (nccl on GPUs: rank r of a machine takes GPU gpu_id + r; gloo on CPUs, --gpu_id -1); else
     one rank on --gpu_id's device."""
-    from utils import get_device
     if not under_torchrun():
         return Ranks(), get_device(gpu_id)
     env = {name: int(os.environ[name]) for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE')}

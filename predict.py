@@ -130,9 +130,13 @@ class Report:
                 f'{" x ".join(map(str, self.image_shape))}')
 
     @property
+    def model_name(self):
+        return f'{os.path.basename(self.args.model_fn)} ({type(self.model).__name__})'
+
+    @property
     def subject(self):
         """What every figure's title starts with: the model and the data it is shown on."""
-        return f'{os.path.basename(self.args.model_fn)} ({type(self.model).__name__}) on {self.dataset}'
+        return f'{self.model_name} on {self.dataset}'
 
     @property
     def anomaly_score_name(self):
@@ -370,8 +374,7 @@ class Report:
 
     def curves(self):
         loss = 'negative ELBO' if self.model.has_prior else 'reconstruction error'
-        title = (f'{os.path.basename(self.args.model_fn)} ({type(self.model).__name__}): the {loss} per image '
-                 f'(--likelihood {self.config["likelihood"]}) by epoch')
+        title = f'{self.model_name}: the {loss} per image (--likelihood {self.config["likelihood"]}) by epoch'
         fig = figures.loss_curves(self.history, title)
         return [self.save(fig, 'curves.png')], {}
 

@@ -147,11 +147,10 @@ class RunLog:
 
     def write_epoch(self, trainer):
         """The last epoch of trainer.history, after the checkpoint that holds it was saved."""
-        history = trainer.history
-        self.epochs_done = len(history)
-        self.write_csv(history)
+        self.epochs_done = len(trainer.history)
+        rows = self.write_csv(trainer.history)
         if self.writer is not None:
-            row = epoch_rows(history, self.steps_per_epoch, self.n_train)[-1]
+            row = rows[-1]
             step = row['step']
             if self.pending:
                 losses = torch.stack([loss for _, loss in self.pending]).tolist()
@@ -165,11 +164,13 @@ class RunLog:
         self.pending = []
 
     def write_csv(self, history):
+        """metrics.csv rewritten whole from the history; returns its rows."""
         rows = epoch_rows(history, self.steps_per_epoch, self.n_train)
         with atomic_file(os.path.join(self.folder, CSV_NAME), 'w', durable=False, newline='') as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        return rows
 
     @torch.no_grad()
     def write_images(self, model, step):

@@ -418,11 +418,12 @@ def train_run(config, given, ranks, device):
     if config['resume']:
         config, checkpoint = resume_config(config, given)
     model_fn, verbose = config['model_fn'], config['verbose'] if ranks.is_main else 0
+    log_folder = log_dir(config) if ranks.is_main else None  # the one rank that writes files
     check_fresh(model_fn, config['resume'], config['overwrite'])
-    if ranks.is_main:  # the one rank that writes files
+    if ranks.is_main:
         check_writable(model_fn)
-        if log_dir(config):
-            prepare_log_dir(log_dir(config), config['resume'], config['overwrite'])
+        if log_folder:
+            prepare_log_dir(log_folder, config['resume'], config['overwrite'])
     set_seed(config['seed'])
 
     images, train_indices, valid_indices, valid_images = training_data(config, given, checkpoint is not None, ranks)
@@ -445,13 +446,13 @@ def train_run(config, given, ranks, device):
     if verbose >= 1:
         print(summary(config, model, device, len(train_indices), len(valid_indices), len(trainer.history), ranks))
     run_log = None
-    if ranks.is_main and log_dir(config):
-        run_log = RunLog(log_dir(config), saved_parts(config), trainer.history,
+    if log_folder:
+        run_log = RunLog(log_folder, saved_parts(config), trainer.history,
                          steps_per_epoch(len(train_indices), config['batch_size']), len(train_indices),
                          valid_images, valid_indices, first_given(config['log_every_n_steps'], LOG_EVERY_N_STEPS),
                          first_given(config['log_images_every'], LOG_IMAGES_EVERY))
         if not run_log.has_tensorboard and verbose >= 1:
-            print(f'note: the tensorboard package is not installed: the log in {log_dir(config)} is metrics.csv '
+            print(f'note: the tensorboard package is not installed: the log in {log_folder} is metrics.csv '
                   f'alone; pip install -r requirements.txt adds TensorBoard\'s event files')
     try:
         train_and_save(config, trainer, images, train_indices, valid_indices, valid_images, device, ranks, run_log)

@@ -137,18 +137,18 @@ def train_step(optimizer, loss, weight, ranks, stop_asked):
     loss is checked before the backward pass; on several ranks each rank's gradient, weighed by its
     share of the batch, is summed with the others', and the flags of a non-finite loss and of a stop
     request travel with it. Returns whether training goes on (no rank asked to stop)."""
+    own_finite = bool(torch.isfinite(loss))
     if ranks.is_distributed:
         ranks.zero_gradients()
         (loss * weight).backward()
-        finite, stop = ranks.reduce_gradients(bool(torch.isfinite(loss)), stop_asked)
+        finite, stop = ranks.reduce_gradients(own_finite, stop_asked)
     else:
         optimizer.zero_grad(set_to_none=True)
-        finite, stop = bool(torch.isfinite(loss)), stop_asked
+        finite, stop = own_finite, stop_asked
         if finite:
             loss.backward()
     if not finite:
-        raise NonFiniteLoss(f'loss is {loss.item()}' if not torch.isfinite(loss) else
-                            'loss is not finite on another rank')
+        raise NonFiniteLoss(f'loss is {loss.item()}' if not own_finite else 'loss is not finite on another rank')
     optimizer.step()
     return not stop
 

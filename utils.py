@@ -155,6 +155,19 @@ def atomic_file(path, mode='wb', durable=True, **open_args):
         raise
 
 
+def child_processes(pid):
+    """The ids of the processes whose parent is pid (Linux /proc), e.g. the ranks that torchrun started."""
+    children = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:  # the field after the command's name
+                    children.append(int(entry))
+        except (OSError, ValueError, IndexError):  # not a process, or one that ended meanwhile
+            continue
+    return children
+
+
 def run_sibling(script, args, failure, python_args=()):
     """Runs a script of this folder (train.py, predict.py) with args in a Python of its own and
     returns what it printed; when it fails, its own one-line error (the last line it wrote on

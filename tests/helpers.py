@@ -2,6 +2,7 @@
 small models and configurations. Test modules import from here, never from each other."""
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -69,6 +70,13 @@ def expect_usage_error(main, prog, argv, capsys, match):
     assert 'Traceback' not in err
     assert match in err, err
     return err
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def iw_samples_flag(model_fn, n_samples):

@@ -96,7 +96,8 @@ def test_predict_evaluates_the_test_set_and_writes_figures(trained, data_dir, tm
     written = re.findall(r'^wrote (.+)$', result.stdout, re.M)
     names = {os.path.basename(p) for p in written}
     assert names == {'reconstructions.png', 'latent.png', 'boundary.png', 'manifold.png', 'samples.png', 'samples.npz',
-                     'interp.png', 'anomaly_hist.png', 'anomalies.png', 'metrics.json', 'curves.png'}  # --what's default
+                     'interp.png', 'anomaly_hist.png', 'anomalies.png', 'metrics.json',
+                     'curves.png'}  # --what's default
     for path in written:
         if path.endswith('.png'):
             with open(path, 'rb') as f:

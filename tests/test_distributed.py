@@ -2,7 +2,6 @@
 two; a stop, a resume on another number of ranks, a rank that dies; BatchNorm and a VAE on 2 ranks."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,8 @@ import torch
 
 import train
 from checkpoint import load_checkpoint
-from helpers import ROOT, assert_log_matches, expect_usage_error, run_script, train_in_process
+from helpers import ROOT, assert_log_matches, expect_usage_error, free_port, run_script, train_in_process
+from utils import child_processes
 
 TRAIN = os.path.join(ROOT, 'train.py')
 # No BatchNorm and no random numbers in the loss: N ranks then compute what one process does, up to the
@@ -31,12 +31,6 @@ def finished(process, timeout=300):
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err
     return out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def assert_same_training(alone, ranks, n_train):
@@ -78,16 +72,14 @@ def test_two_ranks_on_one_machine_or_two_train_as_one_process_and_only_rank_0_wr
 
 def rank_pid(launcher, rank):
     """The process id of a rank that torchrun started."""
-    for pid in os.listdir('/proc'):
+    for pid in child_processes(launcher.pid):
         try:
             with open(f'/proc/{pid}/environ', 'rb') as f:
                 environ = f.read().split(b'\0')
-            with open(f'/proc/{pid}/stat') as f:
-                parent = int(f.read().rsplit(')', 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except OSError:  # ended meanwhile
             continue
-        if parent == launcher.pid and f'RANK={rank}'.encode() in environ:
-            return int(pid)
+        if f'RANK={rank}'.encode() in environ:
+            return pid
     raise AssertionError(f'no rank {rank} under torchrun')
 
 

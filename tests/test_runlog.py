@@ -2,7 +2,6 @@
 TensorBoard's own reader, across --resume, predict.py's test metrics, and refusals."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,8 @@ import torch
 
 import predict
 import train
-from helpers import TINY, assert_log_matches, expect_usage_error, logged_rows, logged_scalars, train_in_process
+from helpers import (TINY, assert_log_matches, expect_usage_error, free_port, logged_rows, logged_scalars,
+                     train_in_process)
 from utils import file_mode, run_cli
 
 
@@ -103,12 +103,6 @@ def test_a_log_folder_that_cannot_take_the_log_is_refused_before_training(case, 
     if case == 'another_run':  # --overwrite replaces that log
         train_in_process(*argv[:-1], str(log_dir), '--overwrite')
         assert len(logged_rows(str(log_dir))) == 3
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
