@@ -19,15 +19,15 @@ MAX_FEATURE_WIDTH = 8192
 
 
 class Scorer:
-    """One model's test images and training images (uint8, on the model's device), and what the
-    scores share, each computed once when a score first needs it: the model's own losses, its
-    variational bounds, its codes and its last hidden features. The training images are loaded by
-    load_train_images only for a score that compares with them, so that scoring by the model alone
-    works on a data set of test images only."""
+    """The evaluation of one model on its test images and training images (uint8, on the model's
+    device): every per-image quantity computed once, when a score or a figure first needs it: the
+    model's own losses, its variational bounds, its codes and its last hidden features. predict.py
+    and oneclass.py read them here. The training images are loaded by load_train_images only for what
+    compares with them, so that what needs the model alone works on a data set of test images only."""
 
-    def __init__(self, model, load_train_images, test_images, iw_samples=100):
+    def __init__(self, model, load_train_images, test_images, iw_samples=100, batch_size=1024):
         self.model, self.load_train_images, self.test_images = model, load_train_images, test_images
-        self.iw_samples = iw_samples
+        self.iw_samples, self.batch_size = iw_samples, batch_size
 
     @cached_property
     def train_images(self):
@@ -35,7 +35,8 @@ class Scorer:
 
     @cached_property
     def losses(self):
-        return analysis.image_scores(self.model, self.test_images)
+        """Per test image: the model's loss and its parts, sse and bce (analysis.image_scores)."""
+        return analysis.image_scores(self.model, self.test_images, self.batch_size)
 
     @cached_property
     def bounds(self):
@@ -43,8 +44,16 @@ class Scorer:
         return analysis.variational_bounds(self.model, self.test_images, self.iw_samples)
 
     @cached_property
+    def train_codes(self):
+        return analysis.encode_all(self.model, self.train_images, self.batch_size)
+
+    @cached_property
+    def test_codes(self):
+        return analysis.encode_all(self.model, self.test_images, self.batch_size)
+
+    @property
     def codes(self):
-        return tuple(analysis.encode_all(self.model, images) for images in (self.train_images, self.test_images))
+        return self.train_codes, self.test_codes
 
     @cached_property
     def features(self):

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from config import ONECLASS_RECIPE, RECIPES, make_config, saved_parts
+from config import ONECLASS_RECIPE, RECIPES, Recipe, make_config
 import analysis
 import data_loader
 from data_loader import (DataError, binarize_once, load_dataset, split_train_valid, to_input, write_idx,
                          write_image_folder)
+from flags import LOG_DEFAULTS, as_flags
 from model import build_model
 from runlog import CSV_NAME, RunLog
-import train
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
 from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, child_processes, get_device, int_at_least,
                    print_rows, run_cli, run_sibling, set_seed, set_threads)
@@ -51,11 +51,11 @@ NLL_VAE = make_config(model='vae', gated=True, hidden_sizes=[300, 300], btl_size
 # The training steps that the results of docs/results.md rest on: the binarized-data likelihood
 # recipes (gated 784-300-300-40 VAE; the VampPrior at batch 100 as published and at the fast recipe's
 # 250; IWAE with 5 samples) and the one-class protocol's convolutional AE, batch 256.
-RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'][0],
-                'binarized_vamp (batch 100)': RECIPES['binarized_vamp'][0],
-                'binarized_vamp_fast (batch 250)': RECIPES['binarized_vamp_fast'][0],
-                'binarized_iwae_fast (k = 5)': RECIPES['binarized_iwae_fast'][0],
-                'oneclass (conv)': ONECLASS_RECIPE + ' --dataset fashion_mnist'}
+RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'],
+                'binarized_vamp (batch 100)': RECIPES['binarized_vamp'],
+                'binarized_vamp_fast (batch 250)': RECIPES['binarized_vamp_fast'],
+                'binarized_iwae_fast (k = 5)': RECIPES['binarized_iwae_fast'],
+                'oneclass (conv)': Recipe({**ONECLASS_RECIPE.changes, 'dataset': 'fashion_mnist'})}
 
 
 def define_argparser():
@@ -112,17 +112,17 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_throughput(shapes, batch_size, device, dtype, rounds=5, min_seconds=.3, forward_only=False):
-    """GFLOP/s of the three matrix products that training runs per Linear layer
-    (forward x W^T, input gradient g W, weight gradient g^T x), or of the forward product
-    alone, at this batch size: the best of several rounds, as the peak that the training loop
-    or the evaluation is measured against."""
+def matmul_throughput(shapes, device, dtype=torch.float32, rounds=3, min_seconds=.3, forward_only=False):
+    """GFLOP/s of the matrix products (m, k, n), (m, k) by (k, n), and unless forward_only of the two
+    that their backward pass runs too (input gradient (m, n) by (n, k), weight gradient (k, m) by
+    (m, n)), back to back: the best of several rounds, the peak that a training step or an evaluation
+    is measured against. A Linear layer of a batch of m images is (m, in_features, out_features)."""
     products = []
-    for i, o in shapes:
-        x, w, g = (torch.randn(*s, device=device, dtype=dtype) for s in ((batch_size, i), (o, i), (batch_size, o)))
-        products += [(x, w.t())] if forward_only else [(x, w.t()), (g, w), (g.t(), x)]
-    return best_gflops(products, (1 if forward_only else 3) * forward_flops(shapes) * batch_size, device, rounds,
-                       min_seconds)
+    for m, k, n in shapes:
+        x, w, g = (torch.randn(*s, device=device, dtype=dtype) for s in ((m, k), (k, n), (m, n)))
+        products += [(x, w)] if forward_only else [(x, w), (g, w.t()), (x.t(), g)]
+    flops = sum(2 * m * k * n for m, k, n in shapes) * (1 if forward_only else 3)
+    return best_gflops(products, flops, device, rounds, min_seconds)
 
 
 def best_gflops(products, flops, device, rounds, min_seconds):
@@ -150,14 +150,19 @@ def time_trainer(config, images, batch_size, n_epochs, device, amp, compile):
     torch.compiler.reset()
     set_seed(1)
     model = build_model(config).to(device)
-    optimizer, _ = build_optimizer(model, config)  # as train.py makes it
-    train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
+    optimizer, _ = build_optimizer(model, config.training)  # as train.py makes it
+    train_idx, valid_idx = split(config, images)
     stamps = [time.perf_counter()]
     trainer = Trainer(model, optimizer, verbose=0, amp=amp, compile=compile)
     trainer.train(images.to(device), train_idx.to(device), valid_idx.to(device), n_epochs, batch_size,
                   on_epoch_end=lambda t: (synchronize(device), stamps.append(time.perf_counter())))
     times = np.diff(stamps)[1:]
     return float(statistics.median(times)), model, len(train_idx), len(valid_idx)
+
+
+def split(config, images):
+    """The train and valid indices of images, split as train.py splits a run's training set."""
+    return split_train_valid(len(images), config.training.train_ratio, config.training.seed)
 
 
 class ToTensorDataset(torch.utils.data.Dataset):
@@ -187,7 +192,7 @@ def time_dataloader(config, images, batch_size, n_epochs, device, amp):
         with forward_precision(device.type, amp):
             return model.loss(x.view(len(x), -1).to(device))[0]
 
-    train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
+    train_idx, valid_idx = split(config, images)
     train_loader = torch.utils.data.DataLoader(ToTensorDataset(images[train_idx]), batch_size, shuffle=True)
     valid_loader = torch.utils.data.DataLoader(ToTensorDataset(images[valid_idx]), batch_size)
     times = []
@@ -276,7 +281,7 @@ def nll_speed(images, device, n_images=20, n_samples=5000, rounds=5):
         analysis.variational_bounds(model, x, n_samples)
         synchronize(device)
         seconds = (time.perf_counter() - start) / n_images
-        peak = matmul_throughput(decoder, rows, device, torch.float32, rounds=2, forward_only=True)
+        peak = matmul_throughput([(rows, i, o) for i, o in decoder], device, rounds=2, forward_only=True)
         timings.append((seconds, peak, flops / seconds / 1e9 / peak))
     seconds, peak, share = (statistics.median(column) for column in zip(*timings))
     return {'layers': linear_shapes(model), 'n_samples': n_samples, 'seconds_per_image': seconds,
@@ -314,29 +319,21 @@ def gemm_shapes(model, x):
     return shapes
 
 
-def gemm_throughput(shapes, device, rounds=3, min_seconds=.3):
-    """GFLOP/s of the three products per shape that a training step runs (forward, input gradient,
-    weight gradient), the best of several rounds."""
-    products = []
-    for m, k, n in shapes:
-        x, w, g = (torch.randn(*s, device=device) for s in ((m, k), (k, n), (m, n)))
-        products += [(x, w), (g, w.t()), (x.t(), g)]
-    return best_gflops(products, sum(6 * m * k * n for m, k, n in shapes), device, rounds, min_seconds)
-
-
-def recipe_step_speed(flags, images, device, n_steps=60):
+def recipe_step_speed(recipe, images, device, n_steps=60):
     """A recipe's training step (its model, batch size, binarization and weight average, as train.py
     runs it) timed over n_steps after a warm-up, against the fp32 throughput of the same matrix
     products (gemm_shapes) at the same sizes: milliseconds per step and the share of that throughput."""
-    config, _ = train.parse_args(train.define_argparser(), ['--model_fn', 'bench.pth', *flags.split()])
+    config = recipe.config.replace(image_shape=list(images.shape[1:]))
     set_seed(1)
     model = build_model(config).to(device)
-    optimizer, _ = build_optimizer(model, config)
-    batch_size = config['batch_size']
-    trainer_images = images[:batch_size * (n_steps + 10)].to(device)
-    indices = torch.arange(len(trainer_images), device=device)
-    average = WeightAverage(model, config['ema']) if config['ema'] else None
-    epoch = dict(optimizer=optimizer, binarize=config['binarize'], average=average)
+    optimizer, _ = build_optimizer(model, config.training)
+    batch_size, ema = config.training.batch_size, config.training.ema
+    trainer_images = images.to(device)
+    # Full batches drawn with replacement: n_steps timed steps and 10 of warm-up, however few the images.
+    indices = torch.randint(len(images), (batch_size * (n_steps + 10),), generator=torch.Generator().manual_seed(1))
+    indices = indices.to(device)
+    average = WeightAverage(model, ema) if ema else None
+    epoch = dict(optimizer=optimizer, binarize=config.data.binarize, average=average)
     run_epoch(model, trainer_images, batch_size, indices[:batch_size * 10], **epoch)  # warm-up
     synchronize(device)
     start = time.perf_counter()
@@ -345,8 +342,9 @@ def recipe_step_speed(flags, images, device, n_steps=60):
     seconds = (time.perf_counter() - start) / n_steps
     shapes = gemm_shapes(model, to_input(trainer_images[:batch_size]))
     flops = sum(6 * m * k * n for m, k, n in shapes)
-    peak = gemm_throughput(shapes, device)
-    return {'flags': flags, 'batch_size': batch_size, 'step_ms': seconds * 1000, 'gemm_shapes': shapes,
+    peak = matmul_throughput(shapes, device)
+    return {'flags': ' '.join(as_flags(recipe.changes)), 'batch_size': batch_size, 'step_ms': seconds * 1000,
+            'gemm_shapes': shapes,
             'matmul_gflops': peak, 'achieved_gflops': flops / seconds / 1e9,
             'share_of_matmul': flops / seconds / 1e9 / peak}
 
@@ -378,17 +376,18 @@ def logging_cost(config, images, batch_size, device, n_epochs=4):
     an epoch of each in turn, so that both see the same state of the machine; the median over the
     epochs after the first of the logged epoch's seconds over the other's, less 1, and the share of
     the logged epochs spent inside the log's own calls (after every step and every epoch)."""
-    train_idx, valid_idx = split_train_valid(len(images), .8, seed=1)
+    train_idx, valid_idx = split(config, images)
     device_images, train_idx, valid_idx = images.to(device), train_idx.to(device), valid_idx.to(device)
     with tempfile.TemporaryDirectory() as folder:
         runs = []
         for logged in (False, True):
             set_seed(1)
             model = build_model(config).to(device)
-            trainer = Trainer(model, build_optimizer(model, config)[0], verbose=0, binarize=config['binarize'],
-                              ema=config['ema'])
-            log = RunLog(folder, saved_parts(config), [], -(-len(train_idx) // batch_size), len(train_idx), images,
-                         valid_idx.cpu()) if logged else None
+            trainer = Trainer(model, build_optimizer(model, config.training)[0], verbose=0,
+                              binarize=config.data.binarize, ema=config.training.ema)
+            log = RunLog(folder, config, [], -(-len(train_idx) // batch_size), len(train_idx), images,
+                         valid_idx.cpu(), LOG_DEFAULTS['log_every_n_steps'],
+                         LOG_DEFAULTS['log_images_every']) if logged else None
             runs.append({'trainer': trainer, 'log': log, 'seconds': [], 'in_log': 0.})
         for epoch in range(1, n_epochs + 1):
             for run in runs:
@@ -520,7 +519,8 @@ def main(argv=None):
 
     for name, config in (('autoencoder', AE), ('vae_784_400_20', VAE)):
         shapes = linear_shapes(build_model(config))
-        peak = matmul_throughput(shapes, args.batch_size, device, AMP_DTYPE if args.amp else torch.float32)
+        peak = matmul_throughput([(args.batch_size, i, o) for i, o in shapes], device,
+                                 AMP_DTYPE if args.amp else torch.float32, rounds=5)
         seconds, model, n_train, n_valid = time_trainer(config, images, args.batch_size, args.n_epochs, device,
                                                         args.amp, args.compile)
         flops = 3 * forward_flops(shapes) * n_train + forward_flops(shapes) * n_valid
@@ -543,8 +543,8 @@ def main(argv=None):
         results['peak_rss_mb'] = {n: peak_training_memory_mb(images, n, speed_flags(args))
                                   for n in (len(images), len(images) // 100)}
     results['recipe_steps'] = {}
-    for name, flags in RECIPE_STEPS.items():
-        results['recipe_steps'][name] = step = recipe_step_speed(flags, images, device)
+    for name, recipe in RECIPE_STEPS.items():
+        results['recipe_steps'][name] = step = recipe_step_speed(recipe, images, device)
         print(f'{name} step: {step["step_ms"]:.1f} ms, {step["share_of_matmul"]:.0%} of the matmul throughput of its '
               f'products ({step["matmul_gflops"]:.0f} GFLOP/s)', flush=True)
     results['folder_read'] = folder_read_speed(images)

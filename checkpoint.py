@@ -1,11 +1,12 @@
-"""The checkpoint file: written whole or not at all, read without running code, never replaced
-by accident, and the run it holds resumed exactly after a stop (Ctrl-C, SIGTERM).
+"""The checkpoint file, the one place of its format: written whole or not at all, read without
+running code, never replaced by accident, the run it holds resumed exactly after a stop (Ctrl-C,
+SIGTERM), and what older code wrote upgraded to today's layout on load.
 
 A checkpoint is a plain dict: 'model' (the best epoch's weights), 'opt', the config in three parts
-('model_config', 'training_config', 'data_config'; config.SAVED_PARTS), 'history' (one dict per
-finished epoch) and 'last' (what resuming needs: the last epoch's weights, the scheduler, the random
-number generator states). Loaded, it holds the run's config as one dict of flags, 'config', completed
-with the defaults of flags newer than the file.
+('model_config', 'training_config', 'data_config'; RunConfig.saved), 'history' (one dict per finished
+epoch) and 'last' (what resuming needs: the last epoch's weights, the scheduler, the random number
+generator states). Loaded, it holds its run's RunConfig as 'config', completed with the defaults of
+flags newer than the file.
 """
 import contextlib
 import os
@@ -18,9 +19,11 @@ import warnings
 
 import torch
 
-from config import DEFAULTS, SAVED_PARTS, merge_config, saved_config, wrong_type
-from utils import CliError, atomic_file
+from config import DEFAULTS, PARTS, RunConfig, wrong_type
+from model import build_model
+from utils import CliError, atomic_file, first_line
 
+SAVED_PARTS = tuple(f'{part}_config' for part in PARTS)
 CHECKPOINT_KEYS = ('model', *SAVED_PARTS, 'history')
 # The keys a checkpoint holds at least: today's, and those of files saved before the config was in parts.
 LAYOUTS = (CHECKPOINT_KEYS, ('model', 'config', 'history'))
@@ -81,39 +84,101 @@ def load_checkpoint(path, map_location='cpu'):
     if not (isinstance(checkpoint, dict) and any(set(keys) <= checkpoint.keys() for keys in LAYOUTS)):
         raise CliError(f'{path}: not a checkpoint of this repository (expected a dict with keys '
                        f'{", ".join(CHECKPOINT_KEYS)})')
-    config = merge_config({}, saved_config(checkpoint))
-    problem = wrong_type(config)
+    flags = upgraded(saved_flags(checkpoint))
+    problem = wrong_type(flags)
     if problem:
         raise CliError(f'{path}: its config is not one that train.py writes ({problem})')
-    return {**{k: v for k, v in checkpoint.items() if k not in SAVED_PARTS}, 'config': config}
+    return {**{k: v for k, v in checkpoint.items() if k not in SAVED_PARTS}, 'config': RunConfig.from_flags(flags)}
+
+
+def saved_flags(checkpoint):
+    """The config that a checkpoint saved, as one dict of flags: from its three parts, or from the
+    one dict of every flag ('config') that checkpoints saved before them."""
+    if 'config' in checkpoint:
+        return checkpoint['config']
+    return {name: value for part in SAVED_PARTS for name, value in checkpoint[part].items()}
+
+
+def upgraded(saved):
+    """A config saved by older code in today's flags: the AutoEncoder's loss, 'mse' (or None) or 'bce',
+    is its likelihood, 'mse' or 'bernoulli' (its saved likelihood was the VAE's default, unused); its
+    --n_layers sizes fell from the input's size, however large (max_hidden_size None); the flags of its
+    run (--model_fn, --gpu_id, ...), saved with the others in the oldest layout, are dropped."""
+    flags = {'max_hidden_size': None, **{name: value for name, value in saved.items() if name in DEFAULTS}}
+    if 'loss' in saved and flags.get('model', 'ae') == 'ae':
+        flags['likelihood'] = 'bernoulli' if saved['loss'] == 'bce' else 'mse'
+    return flags
+
+
+def upgrade_state_dict(state_dict):
+    """A state dict of an older layout in today's: a GatedLinear saved as two Linears, 'h' and
+    'gate', becomes its one Linear of twice the width, and a VampPrior's pseudo-inputs, once
+    the VAE's own 'pseudo_inputs', move to its prior part. Today's state dicts are returned as they are."""
+    today = {}
+    for name, value in state_dict.items():
+        prefix, dot, leaf = name.rpartition('.h.')
+        partner = f'{prefix}.gate.{leaf}'
+        if dot and partner in state_dict:
+            today[f'{prefix}.linear.{leaf}'] = torch.cat([value, state_dict[partner]])
+        elif name == 'pseudo_inputs':
+            today['prior.pseudo_inputs'] = value
+        elif not (name.rpartition('.gate.')[1] and name.replace('.gate.', '.h.') in state_dict):
+            today[name] = value
+    return today
+
+
+def model_from_checkpoint(checkpoint, path):
+    """Rebuilds the model from a checkpoint's config alone and loads its weights. The config
+    is first built on the meta device (no memory) and compared with the weights, so a config
+    that does not describe them is refused before anything is allocated."""
+    try:
+        checkpoint['model'] = upgrade_state_dict(checkpoint['model'])
+        with torch.device('meta'):
+            expected = {k: tuple(v.shape) for k, v in build_model(checkpoint['config']).state_dict().items()}
+        found = {k: tuple(getattr(v, 'shape', ())) for k, v in checkpoint['model'].items()}
+        if expected != found:
+            name = sorted(expected.keys() ^ found.keys() or
+                          {k for k in expected if expected[k] != found[k]})[0]
+            raise ValueError(f'{name}: the config gives {expected.get(name, "no such tensor")}, '
+                             f'the file holds {found.get(name, "no such tensor")}')
+        model = build_model(checkpoint['config'])
+        model.load_state_dict(checkpoint['model'])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CliError(f'{path}: its weights do not match its config ({first_line(e)})')
+    return model
+
+
+def load_model(path, device):
+    """The model saved at path, on device and in eval mode, and its checkpoint (load_checkpoint)."""
+    checkpoint = load_checkpoint(path)
+    return model_from_checkpoint(checkpoint, path).to(device).eval(), checkpoint
 
 
 def resumable_flags():
     return ', '.join('--' + f for f in sorted(RESUMABLE_FLAGS))
 
 
-def resume_config(config, given):
-    """The config and checkpoint to go on with: the flags saved in the checkpoint, with train.py's
-    own flags (--model_fn, --gpu_id, ...) and those of RESUMABLE_FLAGS that were given (given: their
-    names). A flag that would change the model, the data or the optimisation is refused; a flag newer
-    than the checkpoint takes its default."""
+def resume_config(model_fn, flags, given):
+    """The config and checkpoint to go on with: the config saved in model_fn, with the flags given
+    (their names) of RESUMABLE_FLAGS taken from the config of the flags. A flag that would change the
+    model, the data or the optimisation is refused; a flag newer than the checkpoint takes its default."""
     refused = sorted(given - RESUMABLE_FLAGS)
     if refused:
         raise CliError(f'--resume continues with the flags saved in the checkpoint; --{refused[0]} would change '
                        f'the run (allowed with --resume: --gpu_id, --verbose, the log\'s flags, {resumable_flags()})')
-    checkpoint = load_checkpoint(config['model_fn'])
+    checkpoint = load_checkpoint(model_fn)
     saved = checkpoint['config']
     if 'last' not in checkpoint:
-        raise CliError(f'{config["model_fn"]}: holds no state to resume from')
-    run_only = {name: value for name, value in config.items() if name not in DEFAULTS}
-    resumed = {**merge_config({name: config[name] for name in given}, saved), **run_only}
-    if resumed['scheduler'] != 'none' and resumed['n_epochs'] != saved['n_epochs']:
-        raise CliError(f'--n_epochs: --scheduler {saved["scheduler"]} was planned over {saved["n_epochs"]} '
-                       f'epochs and cannot be stretched on --resume')
-    if len(checkpoint['history']) >= resumed['n_epochs']:
-        raise CliError(f'{config["model_fn"]} already holds {len(checkpoint["history"])} epochs; '
-                       f'give a larger --n_epochs to train on')
-    return resumed, checkpoint
+        raise CliError(f'{model_fn}: holds no state to resume from')
+    config = saved.replace(**{name: value for name, value in flags.flags().items() if name in given})
+    n_epochs = config.training.n_epochs
+    if config.training.scheduler != 'none' and n_epochs != saved.training.n_epochs:
+        raise CliError(f'--n_epochs: --scheduler {saved.training.scheduler} was planned over '
+                       f'{saved.training.n_epochs} epochs and cannot be stretched on --resume')
+    if len(checkpoint['history']) >= n_epochs:
+        raise CliError(f'{model_fn} already holds {len(checkpoint["history"])} epochs; give a larger --n_epochs '
+                       f'to train on')
+    return config, checkpoint
 
 
 @contextlib.contextmanager

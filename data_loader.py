@@ -13,6 +13,7 @@ import os
 import shutil
 import re
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -512,6 +513,40 @@ def split_train_valid(n, train_ratio, seed):
     if n_train < 1 or n_train == n:
         raise CliError(f'--train_ratio {train_ratio}: leaves an empty split of {n} images')
     return order[:n_train], order[n_train:]
+
+
+class RunImages(NamedTuple):
+    """A run's training set and its split: indices into the images, never copies."""
+    images: torch.Tensor   # every training image, uint8 (N, C, H, W), as read
+    labels: torch.Tensor   # (N,)
+    train: torch.Tensor    # the indices trained on
+    valid: torch.Tensor    # the indices validated on
+
+
+def run_images(config, train=True, dataset=None, data_dir=None, shape=None, shared=False):
+    """The images of a run as it was trained and is evaluated, for every script: with train, its
+    training set (RunImages: the classes of --target_labels, split by --train_ratio and --seed as
+    train.py split it); otherwise (images, labels) of its whole test set, binarized once for a
+    --binarize run (eval_images). dataset and data_dir replace the config's (another data set, to
+    evaluate on), shape (channels, H, W) its --image_size and --channels (the model's image shape)."""
+    data = config.data
+    size = dict(image_size=data.image_size, channels=data.channels) if shape is None else \
+        dict(image_size=list(shape[1:]), channels=shape[0])
+    images, labels = load_dataset(dataset or data.dataset, data_dir or data.data_dir, train, shared=shared, **size)
+    if not train:
+        return eval_images(config, images), labels
+    selected = selected_indices(labels, data.target_labels)
+    train_indices, valid_indices = (selected[split] for split in
+                                    split_train_valid(len(selected), config.training.train_ratio, config.training.seed))
+    return RunImages(images, labels, train_indices, valid_indices)
+
+
+def eval_images(config, images, indices=None):
+    """images[indices] (all of them when None) as a run is scored on them: a --binarize run's binarized
+    once with the fixed seed, each image drawn as when the whole set is (binarize_once)."""
+    if config.data.binarize:
+        return binarize_once(images, indices=indices)
+    return images if indices is None else images[indices]
 
 
 # --binarize: valid and test images are binarized once with this seed, so that every run and

@@ -272,7 +272,7 @@ def part_options():
             for option, spec in part.OPTIONS.items()}
 
 
-def build_part(kind, config, *args, **kwargs):
-    """The part that config chooses for kind ('prior' or 'likelihood'), with its own options."""
-    part = REGISTRIES[kind][config[kind]]
-    return part(*args, **kwargs, **{option: config[option] for option in part.OPTIONS})
+def build_part(kind, m, *args, **kwargs):
+    """The part that the model config m chooses for kind ('prior' or 'likelihood'), with its own options."""
+    part = REGISTRIES[kind][getattr(m, kind)]
+    return part(*args, **kwargs, **{option: getattr(m, option) for option in part.OPTIONS})

@@ -1,11 +1,16 @@
-"""Every model of the repository. All of them share one interface, which is all that the
-Trainer and predict.py use:
+"""Every model of the repository, built from a RunConfig by build_model (no file is read here:
+checkpoint.py loads). All of them share one interface, which is all that the Trainer uses:
 
     encode(x) -> z          the code of a batch, |x| = (batch_size, C * H * W), 784 for MNIST
     decode(z) -> x_hat      images in pixel space
     forward(x) -> x_hat     the reconstruction, decode(encode(x))
     loss(x) -> (loss, parts)  a scalar to minimise, per image, and a dict of its named terms
     set_epoch(epoch)        told by the Trainer before each epoch (the VAE's KL warm-up uses it)
+
+predict.py and its analysis read more of a model, the same for both kinds: image_losses(x) (the loss
+and its parts per image), hidden_features(x), corrupt(x) (the training noise), likelihood, and
+has_prior, which is True for a VAE, whose prior, sample_prior(n, device) and
+log_importance_weights(x, k) they use then.
 """
 import math
 from typing import Callable, NamedTuple
@@ -14,14 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint
-from config import DEFAULTS, merge_config
 from distributions import LOGVAR_MAX, build_part, diagonal_normal_log_prob, reparameterize
-from utils import CliError, first_line
 
 CONV_CHANNELS = [32, 64]  # --arch conv without --hidden_sizes: 28 -> 14 -> 7
 LSTM_HIDDEN_SIZE = 128
-BN_EPS = DEFAULTS['bn_eps']
+BN_EPS = 1e-5  # PyTorch's default
 ACTIVATIONS = {'relu': nn.ReLU, 'leaky_relu': nn.LeakyReLU, 'gelu': nn.GELU, 'tanh': nn.Tanh,
                'sigmoid': nn.Sigmoid, 'none': nn.Identity}
 
@@ -39,23 +41,6 @@ class GatedLinear(nn.Module):
     def forward(self, x):
         h, gate = self.linear(x).chunk(2, dim=-1)
         return h * torch.sigmoid(gate)
-
-
-def upgrade_state_dict(state_dict):
-    """A state dict of an older layout in today's: a GatedLinear saved as two Linears, 'h' and
-    'gate', becomes its one Linear of twice the width, and a VampPrior's pseudo-inputs, once
-    the VAE's own 'pseudo_inputs', move to its prior part. Today's state dicts are returned as they are."""
-    upgraded = {}
-    for name, value in state_dict.items():
-        prefix, dot, leaf = name.rpartition('.h.')
-        partner = f'{prefix}.gate.{leaf}'
-        if dot and partner in state_dict:
-            upgraded[f'{prefix}.linear.{leaf}'] = torch.cat([value, state_dict[partner]])
-        elif name == 'pseudo_inputs':
-            upgraded['prior.pseudo_inputs'] = value
-        elif not (name.rpartition('.gate.')[1] and name.replace('.gate.', '.h.') in state_dict):
-            upgraded[name] = value
-    return upgraded
 
 
 class Block(nn.Module):
@@ -393,34 +378,32 @@ def hidden_size_schedule(input_size, btl_size, n_layers, max_size=None):
     return [max(round(top - step * (i + 1)), 1) for i in range(n_layers)]
 
 
-def block_options(config):
-    """What each Block of an architecture takes from the config."""
-    return dict(use_batch_norm=not config['use_dropout'], dropout_p=config['dropout_p'],
-                activation=config['activation'], bn_eps=config['bn_eps'])
+def block_options(m):
+    """What each Block of an architecture takes from the model's config m."""
+    return dict(use_batch_norm=not m.use_dropout, dropout_p=m.dropout_p, activation=m.activation, bn_eps=m.bn_eps)
 
 
-def build_mlp(config, encoder_out_size):
-    input_size = math.prod(config['image_shape'])
-    hidden_sizes = config['hidden_sizes'] or hidden_size_schedule(input_size, config['btl_size'], config['n_layers'],
-                                                                  config['max_hidden_size'])
-    return mirrored_mlps(input_size, list(hidden_sizes), config['btl_size'], encoder_out_size, tied=config['tied'],
-                         gated=config['gated'], **block_options(config))
+def build_mlp(m, encoder_out_size):
+    input_size = math.prod(m.image_shape)
+    hidden_sizes = m.hidden_sizes or hidden_size_schedule(input_size, m.btl_size, m.n_layers, m.max_hidden_size)
+    return mirrored_mlps(input_size, list(hidden_sizes), m.btl_size, encoder_out_size, tied=m.tied, gated=m.gated,
+                         **block_options(m))
 
 
-def build_conv(config, encoder_out_size):
-    return mirrored_convs(config['image_shape'], list(config['hidden_sizes'] or CONV_CHANNELS), config['btl_size'],
-                          encoder_out_size, **block_options(config))
+def build_conv(m, encoder_out_size):
+    return mirrored_convs(m.image_shape, list(m.hidden_sizes or CONV_CHANNELS), m.btl_size, encoder_out_size,
+                          **block_options(m))
 
 
-def build_lstm(config, encoder_out_size):
-    hidden_size = (config['hidden_sizes'] or [LSTM_HIDDEN_SIZE])[0]
-    return (RowLSTMEncoder(config['image_shape'], hidden_size, encoder_out_size),
-            RowLSTMDecoder(config['image_shape'], config['btl_size'], hidden_size))
+def build_lstm(m, encoder_out_size):
+    hidden_size = (m.hidden_sizes or [LSTM_HIDDEN_SIZE])[0]
+    return (RowLSTMEncoder(m.image_shape, hidden_size, encoder_out_size),
+            RowLSTMDecoder(m.image_shape, m.btl_size, hidden_size))
 
 
 class Architecture(NamedTuple):
     help: str
-    build: Callable  # (config, encoder_out_size) -> (encoder, decoder)
+    build: Callable  # (model config, encoder_out_size) -> (encoder, decoder)
     flags: frozenset  # the flags of ARCHITECTURE_FLAGS that it reads; train.py refuses the others
 
 
@@ -440,44 +423,14 @@ ARCHITECTURES = {
 
 
 def build_model(config):
-    """Builds the model that a config (the flags of train.py, as a dict) describes; a key it
-    lacks (a checkpoint older than the flag) takes its default from config.DEFAULTS."""
-    config = merge_config({}, config)
-    btl_size, variational = config['btl_size'], config['model'] == 'vae'
-    input_size = math.prod(config['image_shape'])
-    encoder, decoder = ARCHITECTURES[config['arch']].build(config, 2 * btl_size if variational else btl_size)
-    codec = dict(noise=config['noise'], noise_level=config['noise_level'])
-    likelihood = build_part('likelihood', config, input_size, binary=config['binarize'])
-    if variational:
-        return VAE(encoder, decoder, btl_size, prior=build_part('prior', config, btl_size, input_size),
-                   likelihood=likelihood, kl_weight=config['kl_weight'], kl_anneal=config['kl_anneal'],
-                   iwae_k=config['iwae_k'], **codec)
-    return AutoEncoder(encoder, decoder, btl_size, likelihood=likelihood, l1=config['l1'],
-                       sparsity=config['sparsity'], sparsity_weight=config['sparsity_weight'], **codec)
-
-
-def model_from_checkpoint(checkpoint, path):
-    """Rebuilds the model from a checkpoint's config alone and loads its weights. The config
-    is first built on the meta device (no memory) and compared with the weights, so a config
-    that does not describe them is refused before anything is allocated."""
-    try:
-        checkpoint['model'] = upgrade_state_dict(checkpoint['model'])
-        with torch.device('meta'):
-            expected = {k: tuple(v.shape) for k, v in build_model(checkpoint['config']).state_dict().items()}
-        found = {k: tuple(getattr(v, 'shape', ())) for k, v in checkpoint['model'].items()}
-        if expected != found:
-            name = sorted(expected.keys() ^ found.keys() or
-                          {k for k in expected if expected[k] != found[k]})[0]
-            raise ValueError(f'{name}: the config gives {expected.get(name, "no such tensor")}, '
-                             f'the file holds {found.get(name, "no such tensor")}')
-        model = build_model(checkpoint['config'])
-        model.load_state_dict(checkpoint['model'])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise CliError(f'{path}: its weights do not match its config ({first_line(e)})')
-    return model
-
-
-def load_model(path, device):
-    """The model saved at path, on device and in eval mode, and its checkpoint (load_checkpoint)."""
-    checkpoint = load_checkpoint(path)
-    return model_from_checkpoint(checkpoint, path).to(device).eval(), checkpoint
+    """Builds the model that a RunConfig describes: its model part, and whether its pixels are binary."""
+    m = config.model
+    input_size = math.prod(m.image_shape)
+    encoder, decoder = ARCHITECTURES[m.arch].build(m, 2 * m.btl_size if m.is_vae else m.btl_size)
+    codec = dict(noise=m.noise, noise_level=m.noise_level)
+    likelihood = build_part('likelihood', m, input_size, binary=config.data.binarize)
+    if m.is_vae:
+        return VAE(encoder, decoder, m.btl_size, prior=build_part('prior', m, m.btl_size, input_size),
+                   likelihood=likelihood, kl_weight=m.kl_weight, kl_anneal=m.kl_anneal, iwae_k=m.iwae_k, **codec)
+    return AutoEncoder(encoder, decoder, m.btl_size, likelihood=likelihood, l1=m.l1, sparsity=m.sparsity,
+                       sparsity_weight=m.sparsity_weight, **codec)

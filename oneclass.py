@@ -19,12 +19,14 @@ import torch
 import analysis
 import figures
 from anomaly import BASELINES, SCORES, Scorer
-from checkpoint import load_checkpoint
+from checkpoint import load_model
 from config import DEFAULTS, ONECLASS_RECIPE
-from data_loader import DATASETS, class_indices, class_names, load_dataset, split_train_valid
-from model import load_model
-from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, flag_values, get_device, int_at_least,
-                   make_out_dir, progress_bar, run_cli, run_sibling, set_seed, set_threads, threads_flag)
+from data_loader import DATASETS, class_indices, class_names, eval_images, run_images
+import flags
+from flags import as_flags
+from pipeline import train_or_reuse
+from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir,
+                   progress_bar, run_cli, set_seed, set_threads)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
 # anomaly detection".
@@ -42,7 +44,7 @@ PUBLISHED = {
         ('ARNet (Ye et al. 2022)', 93.9),
     ],
 }
-# Arguments of train.py that oneclass.py sets itself for each class.
+# Flags of train.py that oneclass.py sets itself for each class.
 OWN_TRAIN_FLAGS = ('--model_fn', '--target_labels', '--resume', '--overwrite', '--verbose')
 
 
@@ -84,7 +86,7 @@ def chosen_scores(args):
     return args.scores
 
 
-def check_classes(classes, labels, names, train_ratio=DEFAULTS['train_ratio']):
+def check_classes(classes, labels, names, train_ratio):
     """Every class has enough training images for a train and a valid split."""
     for c in classes:
         n = int((labels == c).sum())
@@ -93,74 +95,37 @@ def check_classes(classes, labels, names, train_ratio=DEFAULTS['train_ratio']):
 
 
 # A flag passed through to train.py replaces the recipe's, and these recipe flags with it.
-REPLACES = {'--n_epochs': ['--min_steps']}
+REPLACES = {'n_epochs': ['min_steps']}
 
 
-def recipe_flags(train_flags):
-    """The recipe's flags with those passed through to train.py, each flag once: a flag passed
-    through replaces the recipe's (and those of REPLACES with it)."""
-    flags = flag_values(RECIPE.split())
-    for flag, values in flag_values(train_flags).items():
-        for replaced in REPLACES.get(flag, []) + [flag]:
-            flags.pop(replaced, None)
-        flags[flag] = values
-    return [arg for flag, values in flags.items() for arg in (flag, *values)]
-
-
-def model_flags(args, name, train_flags):
-    """train.py's flags that define the model of the class of this name: the ones a reused
-    checkpoint must share."""
-    shape = [*(['--image_size', *map(str, args.image_size)] if args.image_size else []),
-             *(['--channels', str(args.channels)] if args.channels else [])]
-    return ['--target_labels', name, '--dataset', args.dataset, '--model', args.model, *shape,
-            *recipe_flags(train_flags)]
-
-
-def saved_flags(flags_fn):
-    if not os.path.isfile(flags_fn):
-        return None
-    with open(flags_fn) as f:
-        return json.load(f)
-
-
-def run_train(model_fn, *flags):
-    run_sibling('train.py', ['--model_fn', model_fn, '--verbose', '0', *flags], os.path.basename(model_fn))
-
-
-def train_class(args, c, name, train_flags):
-    """Trains the model of class c (of this name), or reuses or resumes the one in --out_dir that
-    was trained with the same flags. Returns its checkpoint's path."""
+def class_config(args, c, train_flags):
+    """The RunConfig of the model of class c, the RunOptions of its run and the names of the flags set:
+    the recipe's, with the flags passed through to train.py replacing its own (and those of REPLACES
+    with them), oneclass.py's own and the class."""
+    passed = {arg[2:].split('=')[0] for arg in train_flags if arg.startswith('--')}
+    replaced = passed | {name for flag in passed for name in REPLACES.get(flag, [])}
+    base = {**{name: value for name, value in RECIPE.changes.items() if name not in replaced},
+            'dataset': args.dataset, 'data_dir': args.data_dir, 'model': args.model, 'target_labels': [c],
+            **({'image_size': args.image_size} if args.image_size else {}),
+            **({'channels': args.channels} if args.channels else {})}
     model_fn = os.path.join(args.out_dir, f'class_{c}.pth')
-    flags_fn = os.path.join(args.out_dir, f'class_{c}.flags.json')
-    flags = model_flags(args, name, train_flags)
-    # may change between runs
-    where = ['--gpu_id', str(args.gpu_id), '--data_dir', args.data_dir, *threads_flag(args)]
-    if os.path.exists(model_fn):
-        if saved_flags(flags_fn) == flags:
-            checkpoint = load_checkpoint(model_fn)
-            if len(checkpoint['history']) < checkpoint['config']['n_epochs']:
-                run_train(model_fn, '--resume', *where)  # an interrupted run: go on where it stopped
-            return model_fn
-        if not args.overwrite:
-            raise CliError(f'{model_fn} was trained with other flags; give --overwrite to retrain or another '
-                           f'--out_dir')
-    with open(flags_fn, 'w') as f:
-        json.dump(flags, f)
-    run_train(model_fn, *flags, *where, '--overwrite')
-    return model_fn
+    config, options, given = flags.parse([*train_flags, '--model_fn', model_fn], flags.define_argparser('oneclass.py'),
+                                         base)
+    return config, options._replace(gpu_id=args.gpu_id, threads=args.threads, verbose=0,
+                                    overwrite=args.overwrite), given
 
 
 @torch.no_grad()
-def class_aurocs(model_fn, normal, train_images, test, names, iw_samples, device):
-    """ROC AUC of each score and baseline for one class's model: the test images of other
-    classes are the anomalies. train_images are all the training images of the class; the
-    model's own train split is taken from them as train.py took it."""
+def class_aurocs(model_fn, normal, scores, iw_samples, device):
+    """ROC AUC of each score and baseline for one class's model: the test images of other classes
+    are the anomalies. The images are the model's own (data_loader.run_images): its train split of the
+    class, and the test set, binarized once for a --binarize model."""
     model, checkpoint = load_model(model_fn, device)
     config = checkpoint['config']
-    train_idx, _ = split_train_valid(len(train_images), config['train_ratio'], config['seed'])
-    test_images, test_labels = (t.to(device) for t in test)
-    scorer = Scorer(model, lambda: train_images[train_idx].to(device), test_images, iw_samples)
-    return {name: analysis.roc_auc(scorer.score(name), test_labels != normal) for name in [*names, *BASELINES]}
+    data = run_images(config)
+    test_images, test_labels = (t.to(device) for t in run_images(config, train=False))
+    scorer = Scorer(model, lambda: eval_images(config, data.images, data.train).to(device), test_images, iw_samples)
+    return {name: analysis.roc_auc(scorer.score(name), test_labels != normal) for name in [*scores, *BASELINES]}
 
 
 def results_table(per_class, class_names):
@@ -187,26 +152,25 @@ def main(argv=None):
             raise CliError(f'{flag.split("=")[0]}: oneclass.py sets it for each class itself')
     scores = chosen_scores(args)
     device = get_device(args.gpu_id)
-    shape = dict(image_size=args.image_size, channels=args.channels)
-    images, labels = load_dataset(args.dataset, args.data_dir, True, **shape)
-    test = load_dataset(args.dataset, args.data_dir, False, **shape)
     names = class_names(args.dataset, args.data_dir)
     classes = class_indices(args.classes or range(len(names or [])), names, '--classes')
-    check_classes(classes, labels, names)
+    configs = {c: class_config(args, c, train_flags) for c in classes}
+    labels = run_images(configs[classes[0]][0].replace(target_labels=None)).labels
+    check_classes(classes, labels, names, configs[classes[0]][0].training.train_ratio)
     json_path = os.path.join(args.out_dir, 'oneclass.json')
     if os.path.exists(json_path) and not args.overwrite:
         raise CliError(f'{json_path} exists; give --overwrite to replace it (the checkpoints trained with the same '
                        f'flags are reused) or another --out_dir')
     make_out_dir(args.out_dir)
-    set_seed(0)  # the IWAE draws
 
     per_class = {}
     bar = progress_bar(classes, desc='classes', unit='class')
     for c in bar:
         bar.set_postfix_str(f'training {names[c]}')
-        model_fn = train_class(args, c, names[c], train_flags)
+        model_fn = train_or_reuse(*configs[c], device)
         bar.set_postfix_str(f'scoring {names[c]}')
-        per_class[c] = class_aurocs(model_fn, c, images[labels == c], test, scores, args.iw_samples, device)
+        set_seed(0)  # the IWAE draws
+        per_class[c] = class_aurocs(model_fn, c, scores, args.iw_samples, device)
         if bar.disable:  # no bar off a terminal: a line per class instead, for a log
             print(f'class {c} {names[c]}: ROC AUC, % ' +
                   ', '.join(f'{name} {100 * auroc:.1f}' for name, auroc in per_class[c].items()), flush=True)
@@ -214,8 +178,11 @@ def main(argv=None):
 
     print(results_table(per_class, names))
     means = mean_aurocs(per_class)
-    published = PUBLISHED.get(args.dataset, []) if len(classes) == len(labels.unique()) else []
-    summary = {'dataset': args.dataset, 'train_flags': recipe_flags(train_flags), 'model': args.model,
+    published = PUBLISHED.get(args.dataset, []) if len(classes) == len(names) else []
+    config = configs[classes[0]][0]
+    summary = {'dataset': args.dataset, 'train_flags': as_flags({name: value for name, value in config.flags().items()
+                                                                if name not in ('target_labels', 'image_shape') and
+                                                                value != DEFAULTS[name]}), 'model': args.model,
                'scores': {name: SCORES[name].description for name in scores},
                'baselines': {name: score.description for name, score in BASELINES.items()},
                'per_class': {str(c): aurocs for c, aurocs in per_class.items()}, 'mean': means,

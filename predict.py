@@ -14,10 +14,8 @@ from torch.distributions import Normal
 import analysis
 from anomaly import SCORES, Scorer, scores_of
 import figures
-from checkpoint import check_writable
-from data_loader import (DATASETS, DataError, binarize_once, class_indices, class_names, load_dataset, select_labels,
-                         split_train_valid, test_files, to_input)
-from model import load_model
+from checkpoint import check_writable, load_model
+from data_loader import DATASETS, DataError, class_indices, class_names, eval_images, run_images, test_files, to_input
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
 from utils import (EVAL_SEED, ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least,
@@ -92,40 +90,36 @@ class Report:
     def __init__(self, model, checkpoint, args, device, out_dir):
         self.model, self.args, self.out_dir = model, args, out_dir
         self.config, self.history = checkpoint['config'], checkpoint['history']
-        config = self.config
-        self.dataset = args.dataset or config['dataset']
-        self.data_dir = args.data_dir or config['data_dir']
+        data = self.config.data
+        self.dataset = args.dataset or data.dataset
+        self.data_dir = args.data_dir or data.data_dir
         self.labelled = class_names(self.dataset, self.data_dir) is not None
         self.class_names = class_names(self.dataset, self.data_dir) or ['all images']
         # The images as the model takes them: another data set is resized and converted to its shape.
-        self.image_shape = config['image_shape']
-        self.shape_flags = dict(image_size=self.image_shape[1:], channels=self.image_shape[0])
+        self.image_shape = self.config.model.image_shape
         # Every test image, for anomaly detection; the rest uses the classes trained on.
         test_images, test_labels = self.load(False)
         self.all_images, self.all_labels = test_images.to(device), test_labels.to(device)
-        self.known = (torch.isin(self.all_labels, torch.tensor(config['target_labels'], device=device))
-                      if config['target_labels'] else torch.ones_like(self.all_labels, dtype=torch.bool))
+        self.known = (torch.isin(self.all_labels, torch.tensor(data.target_labels, device=device))
+                      if data.target_labels else torch.ones_like(self.all_labels, dtype=torch.bool))
         self.images, self.labels = self.all_images[self.known], self.all_labels[self.known]
 
-    def load(self, train, target_labels=None):
-        """(images, labels) of the train or test set (of target_labels only, when given) as the model
-        takes them: resized and converted to its image shape, and for a --binarize model binarized
-        once with the fixed seed, as train.py binarizes its valid images."""
-        images, labels = select_labels(*load_dataset(self.dataset, self.data_dir, train, **self.shape_flags),
-                                       target_labels)
-        return binarize_once(images) if self.config.get('binarize') else images, labels
+    def load(self, train):
+        """The model's training set (data_loader.RunImages) or its test set (images, labels), resized
+        and converted to its image shape, from the data set being evaluated."""
+        return run_images(self.config, train, self.dataset, self.data_dir, shape=self.image_shape)
 
     @cached_property
     def mismatch(self):
         """How the images evaluated on differ from those the model was trained on, in words; None when they
         are the same data set."""
-        if self.dataset == self.config['dataset'] and (self.dataset != 'folder' or
-                                                      os.path.abspath(self.data_dir) ==
-                                                      os.path.abspath(self.config['data_dir'])):
+        trained_on = self.config.data
+        same_folder = os.path.abspath(self.data_dir) == os.path.abspath(trained_on.data_dir)
+        if self.dataset == trained_on.dataset and (self.dataset != 'folder' or same_folder):
             return None
         def named(dataset, data_dir):
             return dataset if dataset != 'folder' else f'the folder {data_dir}'
-        trained, shown = named(self.config['dataset'], self.config['data_dir']), named(self.dataset, self.data_dir)
+        trained, shown = named(trained_on.dataset, trained_on.data_dir), named(self.dataset, self.data_dir)
         return (f'trained on {trained}, evaluated on {shown}, its images converted to the model\'s '
                 f'{" x ".join(map(str, self.image_shape))}')
 
@@ -159,28 +153,35 @@ class Report:
     @cached_property
     def train_set(self):
         """The images the model was trained on: the same classes and the same seeded split (of
-        the data set being evaluated, when --dataset names another)."""
-        images, labels = self.load(True, self.config['target_labels'])
-        train_idx, _ = split_train_valid(len(images), self.config['train_ratio'], self.config['seed'])
-        return images[train_idx].to(self.images.device), labels[train_idx].to(self.images.device)
+        the data set being evaluated, when --dataset names another), binarized as its valid images are."""
+        data = self.load(True)
+        images = eval_images(self.config, data.images, data.train)
+        return images.to(self.images.device), data.labels[data.train].to(self.images.device)
 
     @cached_property
+    def scorer(self):
+        """The evaluation of every test image (anomaly.Scorer): each per-image quantity computed once."""
+        return Scorer(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples,
+                      self.args.batch_size)
+
+    @property
     def all_scores(self):
         """Per-image loss, its parts, sse and bce of every test image."""
-        return analysis.image_scores(self.model, self.all_images, self.args.batch_size)
+        return self.scorer.losses
 
     def test_losses(self):
         """The model's own losses per image over the test images of the classes trained on."""
         scores = {name: value[self.known] for name, value in self.all_scores.items()}
         return {name: value.mean().item() for name, value in analysis.own_losses(scores, self.model.has_prior).items()}
 
-    @cached_property
+    @property
     def train_codes(self):
-        return analysis.encode_all(self.model, self.train_set[0], self.args.batch_size)
+        return self.scorer.train_codes
 
     @cached_property
     def test_codes(self):
-        return analysis.encode_all(self.model, self.images, self.args.batch_size)
+        """The codes of the test images of the classes trained on."""
+        return self.scorer.test_codes[self.known]
 
     @cached_property
     def code_range(self):
@@ -214,11 +215,12 @@ class Report:
             rows = [('original', self.pictures(x)), ('reconstruction', self.pictures(self.model(x)))]
             written = [self.save(figures.image_rows(rows, f'{subject} and their reconstructions', names),
                                  'reconstructions.png')]
-            if self.config.get('noise'):
+            m = self.config.model
+            if m.noise:
                 noisy = self.model.corrupt(x)
                 rows = [(name, self.pictures(images)) for name, images in
                         (('noisy', noisy), ('denoised', self.model(noisy)), ('clean', x))]
-                title = f'{self.subject}: {self.config["noise"]} noise, level {self.config["noise_level"]}'
+                title = f'{self.subject}: {m.noise} noise, level {m.noise_level}'
                 written.append(self.save(figures.image_rows(rows, title, names), 'denoising.png'))
         return written, {}
 
@@ -245,7 +247,7 @@ class Report:
         return [self.save(fig, 'boundary.png')], {}
 
     def manifold(self, n=20):
-        if self.model.has_prior and self.config['prior'] == 'normal':
+        if self.model.has_prior and self.config.model.prior == 'normal':
             # Equal steps of probability under the N(0, 1) prior of each coordinate.
             axis = [Normal(0., 1.).icdf(torch.linspace(.03, .97, n))] * 2
             how = 'through the inverse CDF of N(0, 1)'
@@ -335,17 +337,18 @@ class Report:
 
     def anomaly(self):
         name = self.anomaly_score_name
-        score = Scorer(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples).score(name).cpu()
+        score = self.scorer.score(name).cpu()
         labels = self.all_labels.cpu()
         what = f'{name}: {SCORES[name].description}'
         print(f'anomaly score: {what}')
         measured = {'anomaly_score': name}
         title = f'{self.subject}: anomaly scores ({name}) of the test images by class'
-        if self.config['target_labels']:
-            is_anomaly = ~torch.isin(labels, torch.tensor(self.config['target_labels']))
+        normal = self.config.data.target_labels
+        if normal:
+            is_anomaly = ~torch.isin(labels, torch.tensor(normal))
             measured['anomaly_roc_auc'] = analysis.roc_auc(score, is_anomaly)
             title += f'; classes not trained on as anomalies: ROC AUC {measured["anomaly_roc_auc"]:.3f}'
-            print(f'anomaly ROC AUC (classes {" ".join(map(str, self.config["target_labels"]))} normal): '
+            print(f'anomaly ROC AUC (classes {" ".join(map(str, normal))} normal): '
                   f'{measured["anomaly_roc_auc"]:.4f}')
         hist = figures.histograms_by_class(score, labels, self.class_names, f'anomaly score ({what})', title)
         top = score.topk(min(16, len(score))).indices
@@ -364,7 +367,7 @@ class Report:
         m = {'n_test': len(self.images), **analysis.test_metrics(
             self.model, train_set, test_set, (self.train_codes, self.test_codes), scores,
             KNN_K, self.args.iw_samples,
-            sparse=bool(self.config.get('l1') or self.config.get('sparsity')), noise=bool(self.config.get('noise')),
+            sparse=bool(self.config.model.l1 or self.config.model.sparsity), noise=bool(self.config.model.noise),
             batch_size=self.args.batch_size,
             likelihood=self.model.likelihood.describe() if self.model.has_prior else None)}
         print('\n' + metrics_table(m, KNN_K))
@@ -374,7 +377,7 @@ class Report:
 
     def curves(self):
         loss = 'negative ELBO' if self.model.has_prior else 'reconstruction error'
-        title = f'{self.model_name}: the {loss} per image (--likelihood {self.config["likelihood"]}) by epoch'
+        title = f'{self.model_name}: the {loss} per image (--likelihood {self.config.model.likelihood}) by epoch'
         fig = figures.loss_curves(self.history, title)
         return [self.save(fig, 'curves.png')], {}
 
@@ -530,11 +533,11 @@ def main(argv=None):
     device = get_device(args.gpu_id)
     model, checkpoint = load_model(args.model_fn, device)
     config = checkpoint['config']
-    labelled = class_names(args.dataset or config['dataset'], args.data_dir or config['data_dir']) is not None
+    labelled = class_names(args.dataset or config.data.dataset, args.data_dir or config.data.data_dir) is not None
     check_model_flags(args, model)
     set_seed(args.seed)
     # Everything is read and checked before the first file is written: a run that fails writes nothing.
-    what = applicable_what(args, config['btl_size'], labelled)
+    what = applicable_what(args, config.model.btl_size, labelled)
     out_dir = args.out_dir or os.path.splitext(args.model_fn)[0] + '_predict'
     report = Report(model, checkpoint, args, device, out_dir)
     what = available(args, report, what)
@@ -542,7 +545,7 @@ def main(argv=None):
 
     if report.mismatch:
         print(f'note: {report.mismatch}')
-    classes = ('classes ' + ' '.join(map(str, config['target_labels'])) if config['target_labels'] else
+    classes = ('classes ' + ' '.join(map(str, config.data.target_labels)) if config.data.target_labels else
                'all classes' if labelled else 'no classes')
     print(f'{report.dataset} test set: {len(report.images)} images of {" x ".join(map(str, report.image_shape))} '
           f'({classes})')

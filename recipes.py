@@ -13,9 +13,11 @@ import json
 import os
 
 from checkpoint import load_checkpoint
-from config import RECIPES
-from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, flag_values, int_at_least, make_out_dir,
-                   print_rows, progress_bar, run_cli, run_sibling, threads_flag)
+from config import RECIPES, RunOptions, make_config
+from flags import as_flags
+from pipeline import train_or_reuse
+from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir, print_rows,
+                   progress_bar, run_cli, run_sibling, threads_flag)
 
 # Train-time targets, in minutes on 2 CPU cores; the papers' schedule trains for as long as it takes.
 RECIPE_MINUTES = {**{name: 15 for name in ('ae2', 'ae30', 'vae20', 'classic_vae20', 'anomaly')},
@@ -51,66 +53,55 @@ def define_argparser():
     return p
 
 
-def run_script(script, *args):
-    """Runs train.py or predict.py; the script's own one-line error ends the run."""
-    run_sibling(script, args, f'{script} {" ".join(args)} failed')
+def recipe_changes(args, name):
+    """A recipe's flags beyond the defaults, with --recipe_epochs, --amp and --compile last."""
+    run = {**({'n_epochs': args.recipe_epochs} if args.recipe_epochs else {}),
+           **({'amp': True} if args.amp else {}), **({'compile': True} if args.compile else {})}
+    return {**{flag: value for flag, value in RECIPES[name].changes.items() if flag not in run}, **run}
 
 
-def trained_before(name, model_fn, flags):
-    """The epochs already trained for a recipe in --recipes_dir and the epochs its flags ask for, or
-    None when it has no checkpoint there. A checkpoint trained with other flags is refused, naming
-    the first flag that differs (--overwrite starts it again)."""
-    flags_fn = os.path.splitext(model_fn)[0] + '.flags.json'
-    if not os.path.exists(model_fn):
-        return None
-    saved = json.load(open(flags_fn)) if os.path.isfile(flags_fn) else None
-    if saved != flags:
-        old, new = flag_values(saved or []), flag_values(flags)
-        changed = next((f for f in [*new, *old] if old.get(f) != new.get(f)), None) if saved else None
-        what = (f'{changed} {" ".join(old.get(changed, ["(not given)"]))} where the recipe now gives '
-                f'{changed} {" ".join(new.get(changed, ["(not given)"]))}' if changed else 'other flags')
-        raise CliError(f'{model_fn} was trained with {what}; give --overwrite to train {name} again (nothing was '
-                       f'changed)')
-    checkpoint = load_checkpoint(model_fn)
-    return len(checkpoint['history']), checkpoint['config']['n_epochs']
+def recipe_run(args, name, changes):
+    """The RunConfig of a recipe's changes on Fashion-MNIST, its RunOptions and the names of the flags set."""
+    data = {'dataset': 'fashion_mnist', 'data_dir': args.data_dir}
+    options = RunOptions(os.path.join(args.recipes_dir, name + '.pth'), gpu_id=args.gpu_id, threads=args.threads,
+                         verbose=0, overwrite=args.overwrite)
+    return make_config(**changes, **data), options, set(changes) | set(data)
 
 
-def train_recipe(args, name, model_fn, flags):
-    """Trains a recipe, or goes on with its checkpoint in --recipes_dir where an earlier run
-    stopped, saying how far it is. Returns the training's wall time: the epochs' seconds that the
-    checkpoint records."""
-    where = ['--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id), '--verbose', '0', *threads_flag(args)]
-    done = None if args.overwrite else trained_before(name, model_fn, flags)
-    if done is None:
-        with open(os.path.splitext(model_fn)[0] + '.flags.json', 'w') as f:
-            json.dump(flags, f)
-        run_script('train.py', '--model_fn', model_fn, '--dataset', 'fashion_mnist', *where,
-                   *['--overwrite'] * args.overwrite, *flags)
-    else:
-        print(f'{name}: {done[0]} of {done[1]} epochs trained in {model_fn}; going on from there', flush=True)
-        run_script('train.py', '--model_fn', model_fn, '--resume', *where)
-    return sum(epoch['seconds'] for epoch in load_checkpoint(model_fn)['history'])
+def train_recipe(name, config, options, given, device):
+    """Trains a recipe, or goes on with its checkpoint in --recipes_dir where an earlier run stopped,
+    saying how far it is (pipeline.train_or_reuse). Returns the training's wall time: the epochs'
+    seconds that the checkpoint records."""
+    def say_how_far(done):
+        print(f'{name}: {len(done["history"])} of {done["config"].training.n_epochs} epochs trained in '
+              f'{options.model_fn}; going on from there', flush=True)
+
+    train_or_reuse(config, options, given, device, on_resume=say_how_far)
+    return sum(epoch['seconds'] for epoch in load_checkpoint(options.model_fn)['history'])
 
 
 def run_recipes(args):
     """Trains each recipe (or resumes it), evaluates it with predict.py, and returns the metrics and times."""
     make_out_dir(args.recipes_dir, '--recipes_dir')
-    extra = ['--amp'] * args.amp + ['--compile'] * args.compile
+    device = get_device(args.gpu_id)
     results = {}
     for name in progress_bar(args.recipes, desc='recipes', unit='recipe'):
-        flags, what, iw_samples = RECIPES[name]
-        model_fn = os.path.join(args.recipes_dir, name + '.pth')
-        flags = flags.split() + (['--n_epochs', str(args.recipe_epochs)] if args.recipe_epochs else []) + extra
-        seconds = train_recipe(args, name, model_fn, flags)
+        changes = recipe_changes(args, name)
+        config, options, given = recipe_run(args, name, changes)
+        seconds = train_recipe(name, config, options, given, device)
         out_dir = os.path.join(args.recipes_dir, name)
+        iw_samples = RECIPES[name].iw_samples
         if iw_samples and args.recipe_epochs:
             iw_samples = min(iw_samples, SHORT_IW_SAMPLES)
         samples = ['--iw_samples', str(iw_samples)] if iw_samples else []
-        # The figures and metrics of the checkpoint as it is now replace those of an earlier run.
-        run_script('predict.py', '--model_fn', model_fn, '--data_dir', args.data_dir, '--gpu_id', str(args.gpu_id),
-                   *threads_flag(args), '--out_dir', out_dir, '--overwrite', '--what', *what, *samples)
+        # The figures and metrics of the checkpoint as it is now replace those of an earlier run; predict.py
+        # runs in a process of its own, whose figures (matplotlib) and memory end with it.
+        run_sibling('predict.py', ['--model_fn', options.model_fn, '--data_dir', args.data_dir, '--gpu_id',
+                                   str(args.gpu_id), *threads_flag(args), '--out_dir', out_dir, '--overwrite',
+                                   '--what', *RECIPES[name].what, *samples], f'predict.py on {name} failed')
         with open(os.path.join(out_dir, 'metrics.json')) as f:
-            results[name] = {'train_flags': ' '.join(flags), 'train_seconds': seconds, **json.load(f)}
+            results[name] = {'train_flags': ' '.join(as_flags(changes)), 'train_seconds': seconds,
+                             **json.load(f)}
     return results
 
 

@@ -26,10 +26,6 @@ from utils import CliError, EVAL_SEED, atomic_file, first_line, seeded
 
 CSV_NAME = 'metrics.csv'
 EVENTS_PREFIX = 'events.out.tfevents.'
-# train.py's defaults: the training loss every this many steps (Lightning's log_every_n_steps), the
-# images every this many epochs (and after the first).
-LOG_EVERY_N_STEPS = 50
-LOG_IMAGES_EVERY = 5
 N_LOGGED_IMAGES = 8
 FLUSH_SECONDS = 10
 
@@ -77,9 +73,9 @@ def summary_writer(folder, purge_step=None):
     return SummaryWriter(folder, purge_step=purge_step, flush_secs=FLUSH_SECONDS)
 
 
-def hyperparameters(config_parts):
-    """The saved config as TensorBoard's HParams takes it: numbers, strings and booleans (a list as text)."""
-    flat = {name: value for part in config_parts.values() for name, value in part.items()}
+def hyperparameters(config):
+    """A RunConfig as TensorBoard's HParams takes it: numbers, strings and booleans (a list as text)."""
+    flat = config.flags()
     return {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in flat.items()}
 
 
@@ -115,11 +111,11 @@ class RunLog:
     """The log of one run (written by rank 0 alone): write_epoch(trainer) after each saved epoch,
     step(step, loss) after each training step."""
 
-    def __init__(self, folder, config_parts, history, steps_per_epoch, n_train, valid_images, valid_indices,
-                 log_every=LOG_EVERY_N_STEPS, images_every=LOG_IMAGES_EVERY):
+    def __init__(self, folder, config, history, steps_per_epoch, n_train, valid_images, valid_indices, log_every,
+                 images_every):
         self.folder, self.steps_per_epoch, self.n_train = folder, steps_per_epoch, n_train
         self.log_every, self.images_every = log_every, images_every
-        self.image_shape = config_parts['model_config']['image_shape']
+        self.image_shape = config.model.image_shape
         done = len(history) * steps_per_epoch
         # Steps after the checkpoint's last, left by an interrupted run, are dropped from TensorBoard's view.
         self.writer = summary_writer(folder, purge_step=done + 1 if history else None)
@@ -130,7 +126,7 @@ class RunLog:
         self.images = valid_images[valid_indices[chosen[:N_LOGGED_IMAGES].sort().values]]
         if self.writer is not None and not history:
             from torch.utils.tensorboard.summary import hparams
-            _, session_start, _ = hparams(hyperparameters(config_parts), {})
+            _, session_start, _ = hparams(hyperparameters(config), {})
             self.writer.file_writer.add_summary(session_start)
         if history:
             self.write_csv(history)

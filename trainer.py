@@ -33,13 +33,13 @@ def compiled(loss_fn):
     return torch.compile(loss_fn, mode='reduce-overhead', dynamic=False)
 
 
-def build_optimizer(model, config):
-    """The optimizer and learning-rate scheduler (or None) that a config asks for."""
-    optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[config['optimizer']]
+def build_optimizer(model, t):
+    """The optimizer and learning-rate scheduler (or None) that a TrainingConfig t asks for."""
+    optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[t.optimizer]
     # fused: one kernel for the whole update instead of several per tensor
-    optimizer = optimizer_class(model.parameters(), lr=config['lr'], weight_decay=config['weight_decay'], fused=True)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config['n_epochs'])
-                 if config['scheduler'] == 'cosine' else None)
+    optimizer = optimizer_class(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.n_epochs)
+                 if t.scheduler == 'cosine' else None)
     return optimizer, scheduler
 
 
@@ -74,6 +74,15 @@ def averaged_tensors(model):
     """The tensors of a model that an average follows: its parameters and float buffers (BatchNorm's
     running statistics), in the order of its state dict, whose tensors share their storage."""
     return [t for t in model.state_dict().values() if t.is_floating_point()]
+
+
+def out_of_patience(history, patience):
+    """Whether the last patience epochs of a history brought no better valid loss. It is read from the
+    history alone, so that a resumed run stops where an uninterrupted one would."""
+    if not patience or not history:
+        return False
+    losses = [h['valid_loss'] for h in history]
+    return len(losses) - 1 - losses.index(min(losses)) >= patience
 
 
 class NonFiniteLoss(Exception):
@@ -252,12 +261,7 @@ class Trainer:
         return True
 
     def out_of_patience(self):
-        """Whether the last patience epochs brought no better valid loss. It is read from the
-        history alone, so that a resumed run stops where an uninterrupted one would."""
-        if not self.patience or not self.history:
-            return False
-        losses = [h['valid_loss'] for h in self.history]
-        return len(losses) - 1 - losses.index(min(losses)) >= self.patience
+        return out_of_patience(self.history, self.patience)
 
     @property
     def evaluated(self):

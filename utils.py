@@ -17,6 +17,17 @@ from tqdm import tqdm
 
 class CliError(Exception):
     """A problem with the user's input, reported as one line on stderr with exit code 2."""
+    exit_code, kind = 2, 'error'
+
+
+class RunStopped(CliError):
+    """A run that ended before its last epoch (a signal, a non-finite loss, a lost rank), reported as
+    one line that says what its checkpoint holds, with its own exit code."""
+    kind = 'stopped'
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -28,7 +39,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def default_to_none(parser, defaults):
     """Makes every flag of parser that defaults holds default to None, so that a flag given on the
-    command line is told from one left out (config.merge_config fills in the rest); a help text's
+    command line is told from one left out (RunConfig.from_flags fills in the rest); a help text's
     %(default)s still shows the value from defaults. Returns the parser."""
     for action in parser._actions:
         if action.dest in defaults:
@@ -44,8 +55,8 @@ def run_cli(main, prog):
         main()
     except CliError as e:
         if is_main_process():
-            print(f'{prog}: error: {e}', file=sys.stderr)
-        sys.exit(2)
+            print(f'{prog}: {e.kind}: {e}', file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def is_main_process():
@@ -228,22 +239,6 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA as well
-
-
-def flag_values(argv):
-    """A command line as {flag: its values}, in order, a flag given twice keeping its last values:
-    ['--btl_size', '8', '--tied'] -> {'--btl_size': ['8'], '--tied': []}."""
-    groups, flag = {}, None
-    for arg in argv:
-        if arg.startswith('--'):
-            flag = arg
-            groups.pop(flag, None)
-            groups[flag] = []
-        elif flag is None:
-            raise CliError(f'{arg}: expected a flag of train.py before it')
-        else:
-            groups[flag].append(arg)
-    return groups
 
 
 def last_line(text):

@@ -81,7 +81,7 @@ def free_port():
 
 def iw_samples_flag(model_fn, n_samples):
     """predict.py's --iw_samples for a VAE's checkpoint (an AutoEncoder's refuses it)."""
-    return ['--iw_samples', str(n_samples)] if load_checkpoint(model_fn)['config']['model'] == 'vae' else []
+    return ['--iw_samples', str(n_samples)] if load_checkpoint(model_fn)['config'].model.is_vae else []
 
 
 def train_in_process(*argv):
@@ -147,3 +147,17 @@ def assert_log_matches(log_dir, history):
     steps = [int(row['step']) for row in rows]
     assert [step for step, _ in scalars['valid/loss']] == steps
     return scalars, rows
+
+
+def flag_values(argv):
+    """A command line as {flag: its values}, in order, a flag given twice keeping its last values:
+    ['--btl_size', '8', '--tied'] -> {'--btl_size': ['8'], '--tied': []}."""
+    groups, flag = {}, None
+    for arg in argv:
+        if arg.startswith('--'):
+            flag = arg
+            groups.pop(flag, None)
+            groups[flag] = []
+        else:
+            groups[flag].append(arg)
+    return groups

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bench
-from config import make_config
+from config import Recipe, make_config
 from data_loader import to_input
 from helpers import write_dataset
 from model import build_model
@@ -43,7 +43,7 @@ def test_timers_run_on_a_small_data_set():
         assert bench.time_dataloader(bench.VAE, images, 64, 2, cpu, amp) > 0
         assert bench.inference_throughput(model, images, cpu, min_seconds=.01) > 0
     for dtype in (torch.float32, torch.bfloat16):
-        assert bench.matmul_throughput([(784, 40)], 64, cpu, dtype, rounds=1, min_seconds=.01) > 0
+        assert bench.matmul_throughput([(64, 784, 40)], cpu, dtype, rounds=1, min_seconds=.01) > 0
     nll = bench.nll_speed(images, cpu, n_images=3, n_samples=40)
     low, high = nll['share_of_matmul_range']
     assert nll['seconds_per_image'] > 0 and 0 < low <= nll['share_of_matmul'] <= high
@@ -85,14 +85,14 @@ def test_the_timing_run_prints_its_table_and_writes_its_json(tmp_path, capsys):
 
 def test_a_recipe_step_counts_the_rows_that_its_prior_and_samples_add():
     images = torch.randint(0, 256, (400, 1, 28, 28), dtype=torch.uint8)
-    vamp = bench.recipe_step_speed('--model vae --binarize --gated --hidden_sizes 30 --btl_size 4 --batch_size 10 '
-                                   '--prior vamp --n_pseudo 7 --use_dropout --dropout_p 0 --ema 0.9', images,
-                                   torch.device('cpu'), n_steps=3)
+    recipe = Recipe(dict(model='vae', binarize=True, gated=True, hidden_sizes=[30], btl_size=4, batch_size=10,
+                         prior='vamp', n_pseudo=7, use_dropout=True, dropout_p=0., ema=.9))
+    vamp = bench.recipe_step_speed(recipe, images, torch.device('cpu'), n_steps=3)
     # the encoder sees the 10 images and the 7 pseudo-inputs in one pass; the decoder the 10 codes
     assert vamp['gemm_shapes'] == [(17, 784, 60), (17, 30, 8), (10, 4, 60), (10, 30, 784)]
     assert vamp['step_ms'] > 0 and 0 < vamp['share_of_matmul']
-    iwae = bench.recipe_step_speed('--model vae --hidden_sizes 30 --btl_size 4 --batch_size 10 --iwae_k 5', images,
-                                   torch.device('cpu'), n_steps=3)
+    iwae = bench.recipe_step_speed(Recipe(dict(model='vae', hidden_sizes=[30], btl_size=4, batch_size=10, iwae_k=5)),
+                                   images, torch.device('cpu'), n_steps=3)
     assert iwae['gemm_shapes'][2:] == [(50, 4, 30), (50, 30, 784)]  # 5 samples of each image decoded
     conv = bench.gemm_shapes(build_model(make_config(arch='conv', hidden_sizes=[4, 8], btl_size=2)),
                              torch.rand(3, 784))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import checkpoint
-import train
-from config import make_config, merge_config
-from model import load_model, model_from_checkpoint
+import flags
+from checkpoint import load_model, model_from_checkpoint
+from config import RunConfig, make_config
 from helpers import TINY, train_in_process, write_dataset
 from utils import CliError
 
@@ -21,22 +21,22 @@ from utils import CliError
     (['--model_fn', 'm.pth', '--model', 'ae', '--btl_size', '10'], {'model', 'btl_size'}),  # given, though defaults
 ])
 def test_the_config_flags_given_are_known_from_the_parse(argv, given):
-    config, found = train.parse_args(train.define_argparser(), argv)
+    config, options, found = flags.parse(argv)
     assert found == given
-    assert config['model_fn'] == 'm.pth' and config['n_epochs'] == (30 if 'n_epochs' in given else 20)
+    assert options.model_fn == 'm.pth' and config.training.n_epochs == (30 if 'n_epochs' in given else 20)
 
 
 def test_resume_takes_the_saved_flags_and_only_those_given_that_do_not_change_the_run(data_dir, tmp_path):
     model_fn = str(tmp_path / 'm.pth')
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--lr', '3e-3', '--n_epochs', '2')
-    asked = {**make_config(n_epochs=5, lr=1e-3), 'model_fn': model_fn, 'resume': True, 'gpu_id': -1, 'verbose': 1}
-    config, saved = checkpoint.resume_config(asked, {'n_epochs'})
-    assert config['lr'] == 3e-3 and config['n_epochs'] == 5 and config['hidden_sizes'] == [64, 32]
-    assert config['model_fn'] == model_fn and config['verbose'] == 1
+    asked = make_config(n_epochs=5, lr=1e-3)
+    config, saved = checkpoint.resume_config(model_fn, asked, {'n_epochs'})
+    assert config.training.lr == 3e-3 and config.training.n_epochs == 5 and config.model.hidden_sizes == [64, 32]
     assert len(saved['history']) == 2
-    assert 'model_fn' not in saved['config'] and 'verbose' not in saved['config']  # run-only flags are not saved
+    on_disk = torch.load(model_fn, weights_only=True)
+    assert set(on_disk) >= set(checkpoint.SAVED_PARTS) and 'model_fn' not in str(on_disk['model_config'])
     with pytest.raises(CliError, match='--lr would change the run'):
-        checkpoint.resume_config(asked, {'lr'})
+        checkpoint.resume_config(model_fn, asked, {'lr'})
 
 
 def test_an_existing_file_is_kept_unless_the_run_resumes_or_overwrites(tmp_path):
@@ -85,7 +85,7 @@ def test_an_autoencoder_of_the_older_loss_flag_loads_with_that_loss_as_its_likel
     path = os.path.join(os.path.dirname(__file__), 'data', 'older_layout_ae_bce.pth')
     assert torch.load(path, weights_only=True)['config']['loss'] == 'bce'
     saved = checkpoint.load_checkpoint(path)
-    assert saved['config']['likelihood'] == 'bernoulli' and 'loss' not in saved['config']
+    assert saved['config'].model.likelihood == 'bernoulli' and 'loss' not in saved['config'].flags()
     model = model_from_checkpoint(saved, path).eval()
     assert type(model.likelihood).__name__ == 'Bernoulli'
     expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
@@ -104,7 +104,7 @@ def test_a_checkpoint_of_one_config_dict_loads_resumes_and_gives_the_outputs_it_
     path = os.path.join(os.path.dirname(__file__), 'data', 'flat_config_mog_gaussian.pth')
     assert 'config' in torch.load(path, weights_only=True)
     model, saved = load_model(path, torch.device('cpu'))
-    assert saved['config']['prior'] == 'mog' and saved['config']['n_components'] == 3
+    assert saved['config'].model.prior == 'mog' and saved['config'].model.n_components == 3
     expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
     with torch.no_grad():  # the same code on the same weights: equal but for the order of fp32 sums
         codes = model.encode(expected['x'])
@@ -118,8 +118,8 @@ def test_a_checkpoint_of_one_config_dict_loads_resumes_and_gives_the_outputs_it_
     write_dataset(str(tmp_path / 'data'), n_train=200, n_test=50)
     resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--data_dir',
                                str(tmp_path / 'data'), '--gpu_id', '-1')
-    assert len(resumed['history']) == 3 and resumed['config'] == {**saved['config'], 'n_epochs': 3,
-                                                                 'data_dir': str(tmp_path / 'data')}
+    assert len(resumed['history']) == 3
+    assert resumed['config'] == saved['config'].replace(n_epochs=3, data_dir=str(tmp_path / 'data'))
     assert 'config' not in torch.load(model_fn, weights_only=True)
 
 
@@ -132,15 +132,15 @@ def test_a_checkpoint_saved_before_max_hidden_size_keeps_the_sizes_it_was_made_w
              '1', '--gpu_id', '-1']
     train_in_process('--model_fn', today, *flags)
     model, saved = load_model(today, torch.device('cpu'))
-    assert saved['config']['max_hidden_size'] == 1024 and model.encoder[0].block[0].out_features == 513
+    assert saved['config'].model.max_hidden_size == 1024 and model.encoder[0].block[0].out_features == 513
     train_in_process('--model_fn', older, *flags, '--max_hidden_size', '2000')  # sized from its 1,089 values
     raw = torch.load(older, weights_only=True)
     del raw['model_config']['max_hidden_size']  # as the code before the key saved it
     torch.save(raw, older)
     model, saved = load_model(older, torch.device('cpu'))
-    assert saved['config']['max_hidden_size'] is None and model.encoder[0].block[0].out_features == 546
+    assert saved['config'].model.max_hidden_size is None and model.encoder[0].block[0].out_features == 546
     resumed = train_in_process('--model_fn', older, '--resume', '--n_epochs', '2', '--gpu_id', '-1')
-    assert resumed['config']['max_hidden_size'] is None and len(resumed['history']) == 2
+    assert resumed['config'].model.max_hidden_size is None and len(resumed['history']) == 2
 
 
 @pytest.mark.parametrize('saved, likelihood', [
@@ -152,5 +152,5 @@ def test_a_checkpoint_saved_before_max_hidden_size_keeps_the_sizes_it_was_made_w
     ({'model': 'vae'}, 'bernoulli'),
 ])
 def test_an_older_config_gets_its_likelihood_in_one_place(saved, likelihood):
-    config = merge_config({}, saved)
-    assert config['likelihood'] == likelihood and 'loss' not in config
+    config = RunConfig.from_flags(checkpoint.upgraded(saved))
+    assert config.model.likelihood == likelihood and 'loss' not in config.flags()

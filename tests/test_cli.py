@@ -2,13 +2,15 @@
 import os
 import re
 
+from dataclasses import fields
+
 import pytest
 import torch
 
 import analysis
 import predict
 import train
-from config import DATA, MODEL, PART_OPTIONS, TRAINING
+from config import DataConfig, ModelConfig, TrainingConfig
 from checkpoint import load_checkpoint, resumable_flags
 from data_loader import load_dataset, split_train_valid
 from helpers import TINY, expect_usage_error, printed_losses, run_script
@@ -55,8 +57,8 @@ def test_checkpoint_loads_with_weights_only(trained):
     assert set(checkpoint) == {'model', 'opt', 'model_config', 'training_config', 'data_config', 'history', 'last'}
     assert set(checkpoint['last']) == {'model', 'scheduler', 'rng', 'average'}
     # the config in its parts, without run-only flags such as --model_fn
-    assert set(checkpoint['model_config']) == set(MODEL) | set(PART_OPTIONS)
-    assert set(checkpoint['training_config']) == set(TRAINING) and set(checkpoint['data_config']) == set(DATA)
+    for part, kind in (('model_config', ModelConfig), ('training_config', TrainingConfig), ('data_config', DataConfig)):
+        assert set(checkpoint[part]) == {f.name for f in fields(kind)}
     assert checkpoint['model_config']['btl_size'] == 2 and checkpoint['model_config']['hidden_sizes'] == [64, 32]
     assert checkpoint['training_config']['n_epochs'] == 3
     assert [h['epoch'] for h in checkpoint['history']] == [1, 2, 3]
@@ -71,7 +73,7 @@ def test_rebuilt_model_reproduces_the_best_valid_loss(trained, data_dir):
     model = build_model(config)
     model.load_state_dict(checkpoint['model'])
     images, _ = load_dataset('mnist', data_dir, train=True, download=False)
-    _, valid_indices = split_train_valid(len(images), config['train_ratio'], config['seed'])
+    _, valid_indices = split_train_valid(len(images), config.training.train_ratio, config.training.seed)
     best = min(h['valid_loss'] for h in checkpoint['history'])
     assert validate(model, images, valid_indices)['loss'] == pytest.approx(best, rel=1e-5)
 

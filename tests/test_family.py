@@ -10,12 +10,13 @@ import torch
 from torch.distributions import Normal
 
 import predict
+import flags
 import train
-from checkpoint import load_checkpoint
-from config import make_config
+from config import RunConfig, make_config
 from data_loader import write_idx
 from helpers import assert_same_run, expect_usage_error, iw_samples_flag
-from model import build_model, model_from_checkpoint, upgrade_state_dict
+from checkpoint import load_checkpoint, model_from_checkpoint, upgrade_state_dict, upgraded
+from model import build_model
 from utils import run_cli
 
 SMALL = ['--n_epochs', '2', '--batch_size', '64', '--gpu_id', '-1', '--btl_size', '3']
@@ -97,11 +98,11 @@ def batch_norm_eps(model):
 
 def test_bn_eps_caps_what_a_unit_silent_in_training_gives_in_eval_and_old_checkpoints_keep_theirs():
     # The config of a checkpoint saved before --bn_eps existed: the flags there were then.
-    config = dict(model='ae', hidden_sizes=[1], n_layers=1, btl_size=1, use_dropout=False, dropout_p=.3, loss='mse',
-                  kl_weight=1.)
+    config = RunConfig.from_flags(upgraded(dict(model='ae', hidden_sizes=[1], n_layers=1, btl_size=1, use_dropout=False,
+                                                dropout_p=.3, loss='mse', kl_weight=1.)))
     assert batch_norm_eps(build_model(config)) == {1e-5}
     for eps in (1e-5, 1e-3):
-        block = build_model({**config, 'bn_eps': eps, 'image_shape': [1, 1, 1]}).encoder[0]
+        block = build_model(config.replace(bn_eps=eps, image_shape=[1, 1, 1])).encoder[0]
         linear, _, batch_norm = block.block
         with torch.no_grad():
             linear.weight.fill_(1.), linear.bias.fill_(-1.)  # ReLU(x - 1): silent for every x <= 1
@@ -131,7 +132,7 @@ def test_tied_weights_drop_the_decoder_weights_from_the_count(data_dir, tmp_path
 
 def test_tied_decoder_uses_the_transposed_encoder_weights():
     config = make_config(hidden_sizes=[5], btl_size=2, tied=True)
-    model = build_model({**config, 'image_shape': [1, 1, 7]})
+    model = build_model(config.replace(image_shape=[1, 1, 7]))
     with torch.no_grad():
         model.encoder[-1].weight.fill_(2.)
     x = torch.randn(3, 2)
@@ -142,12 +143,12 @@ def test_tied_decoder_uses_the_transposed_encoder_weights():
 def test_noise_only_in_training_and_of_the_right_kind():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0.)
     x = torch.full((200, 50), .5)
-    masked = build_model({**config, 'noise': 'masking', 'noise_level': .3, 'image_shape': [1, 1, 50]}).corrupt(x)
+    masked = build_model(config.replace(noise='masking', noise_level=.3, image_shape=[1, 1, 50])).corrupt(x)
     assert abs((masked == 0).float().mean().item() - .3) < .03
     assert torch.allclose(masked.unique(), torch.tensor([0., .5 / .7]))  # kept pixels scaled by 1 / (1 - p)
-    salted = build_model({**config, 'noise': 'salt_pepper', 'noise_level': .2, 'image_shape': [1, 1, 50]}).corrupt(x)
+    salted = build_model(config.replace(noise='salt_pepper', noise_level=.2, image_shape=[1, 1, 50])).corrupt(x)
     assert abs((salted != .5).float().mean().item() - .2) < .03 and set(salted.unique().tolist()) == {0., .5, 1.}
-    gaussian = build_model({**config, 'noise': 'gaussian', 'noise_level': .1, 'image_shape': [1, 1, 50]})
+    gaussian = build_model(config.replace(noise='gaussian', noise_level=.1, image_shape=[1, 1, 50]))
     assert 0 <= gaussian.corrupt(x).min() and gaussian.corrupt(x).max() <= 1
     gaussian.eval()
     assert torch.equal(gaussian.loss(x)[0], gaussian.loss(x)[0])  # clean input in eval: deterministic
@@ -158,7 +159,7 @@ def test_noise_only_in_training_and_of_the_right_kind():
 def test_kl_warm_up_rises_linearly_from_its_first_step_in_training_and_validation_weighs_fully():
     config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., kl_weight=2.,
                          kl_anneal=4)
-    model = build_model({**config, 'image_shape': [1, 1, 6]})
+    model = build_model(config.replace(image_shape=[1, 1, 6]))
     x = torch.rand(8, 6)
     for epoch, ramp in ((1, .25), (2, .5), (3, .75), (4, 1.), (9, 1.)):
         model.set_epoch(epoch)
@@ -171,7 +172,7 @@ def test_kl_warm_up_rises_linearly_from_its_first_step_in_training_and_validatio
 
 def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., gated=True)
-    model = build_model({**config, 'image_shape': [1, 1, 6]}).eval()
+    model = build_model(config.replace(image_shape=[1, 1, 6])).eval()
     x = torch.rand(4, 6)
     w, b = model.encoder[0].block[0].linear.weight, model.encoder[0].block[0].linear.bias
     (w1, w2), (b1, b2) = w.chunk(2), b.chunk(2)  # the value's and the gate's halves of the one Linear
@@ -201,7 +202,7 @@ def vamp_vae(n_pseudo, btl_size=3, n_pixels=6):
     torch.manual_seed(0)
     config = make_config(model='vae', hidden_sizes=[5], btl_size=btl_size, use_dropout=True, dropout_p=0.,
                          prior='vamp', n_pseudo=n_pseudo)
-    return build_model({**config, 'image_shape': [1, 1, n_pixels]}).eval()
+    return build_model(config.replace(image_shape=[1, 1, n_pixels])).eval()
 
 
 def test_the_vamp_prior_is_the_mean_of_the_posteriors_at_the_pseudo_inputs():
@@ -240,7 +241,7 @@ def test_the_vamp_kl_is_log_q_minus_log_p_at_the_drawn_code():
 
 def test_iwae_training_minimises_the_importance_weighted_bound_and_validation_the_elbo():
     config = make_config(model='vae', hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., iwae_k=6)
-    model = build_model({**config, 'image_shape': [1, 1, 6]}).train()
+    model = build_model(config.replace(image_shape=[1, 1, 6])).train()
     x = torch.rand(4, 6)
     torch.manual_seed(3)
     loss, parts = model.image_losses(x)
@@ -253,7 +254,7 @@ def test_iwae_training_minimises_the_importance_weighted_bound_and_validation_th
 def test_sparsity_penalty_is_the_kl_to_the_target_activation():
     config = make_config(hidden_sizes=[5], btl_size=2, use_dropout=True, dropout_p=0., sparsity=.1,
                          sparsity_weight=3.)
-    model = build_model({**config, 'image_shape': [1, 1, 6]}).eval()
+    model = build_model(config.replace(image_shape=[1, 1, 6])).eval()
     x = torch.rand(8, 6)
     z = model.encode(x)
     assert ((0 < z) & (z < 1)).all()  # the sigmoid makes a mean activation a probability
@@ -321,22 +322,22 @@ def test_combinations_that_make_no_sense(flags, match, data_dir, tmp_path, capsy
                                                 *flags], capsys, match)
 
 
-@pytest.mark.parametrize('flags, help_text, label', [
+@pytest.mark.parametrize('part_flags, help_text, label', [
     (['--prior', 'mog', '--n_components', '3'], 'mog: a mixture of --n_components Gaussians',
      'decoded from z ~ p(z), a mixture of learned Gaussians'),
     (['--likelihood', 'gaussian'], 'gaussian: a Gaussian per pixel with a standard deviation learned',
      'Gaussian of pixel intensities with a learned deviation per pixel, a density on the real line'),
 ])
-def test_a_new_part_is_in_the_help_trains_resumes_and_is_named_by_predict(flags, help_text, label, data_dir, tmp_path,
-                                                                         capsys):
-    assert help_text in ' '.join(train.define_argparser().format_help().split())
+def test_a_new_part_is_in_the_help_trains_resumes_and_is_named_by_predict(part_flags, help_text, label, data_dir,
+                                                                         tmp_path, capsys):
+    assert help_text in ' '.join(flags.define_argparser().format_help().split())
     model_fn = str(tmp_path / 'm.pth')
     common = ['--model_fn', model_fn, '--data_dir', data_dir, '--model', 'vae', '--hidden_sizes', '32', '--btl_size',
               '2', '--batch_size', '64', '--gpu_id', '-1', '--verbose', '0']
     whole = str(tmp_path / 'whole.pth')
-    run_cli(lambda: train.main([*common, *flags, '--n_epochs', '1']), 'train.py')
+    run_cli(lambda: train.main([*common, *part_flags, '--n_epochs', '1']), 'train.py')
     run_cli(lambda: train.main(['--model_fn', model_fn, '--resume', '--n_epochs', '2', '--verbose', '0']), 'train.py')
-    run_cli(lambda: train.main([*common[2:], '--model_fn', whole, *flags, '--n_epochs', '2']), 'train.py')
+    run_cli(lambda: train.main([*common[2:], '--model_fn', whole, *part_flags, '--n_epochs', '2']), 'train.py')
     assert_same_run(torch.load(whole, weights_only=True), torch.load(model_fn, weights_only=True))
     out_dir = tmp_path / 'predict'
     capsys.readouterr()
@@ -344,7 +345,7 @@ def test_a_new_part_is_in_the_help_trains_resumes_and_is_named_by_predict(flags,
                                   *iw_samples_flag(model_fn, 3), '--what', 'samples', 'metrics']), 'predict.py')
     printed = ' '.join(capsys.readouterr().out.split())
     metrics = json.loads((out_dir / 'metrics.json').read_text())
-    if '--likelihood' in flags:
+    if '--likelihood' in part_flags:
         assert metrics['likelihood'].startswith(label) and metrics['nats_of_log_px'] is True and label in printed
     else:
         assert build_model(load_checkpoint(model_fn)['config']).prior.label in label

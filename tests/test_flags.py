@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import model
-import train
+import flags
+from checkpoint import model_from_checkpoint
 from helpers import TINY, train_in_process
 from model import ARCHITECTURES, build_model
 
@@ -33,7 +34,7 @@ def signature(model):
 def parsed(argv, capsys):
     """train.py's config for argv, or the one line with which it refused them."""
     try:
-        return train.parse_args(train.define_argparser(), ['--model_fn', 'm.pth', *argv])[0], None
+        return flags.parse(['--model_fn', 'm.pth', *argv])[0], None
     except SystemExit as e:
         assert e.code == 2
         err = capsys.readouterr().err
@@ -84,16 +85,16 @@ def test_a_new_architecture_is_a_builder_and_one_registry_line(data_dir, tmp_pat
     """A linear architecture (one Linear each way, reading none of the architecture flags) added to
     ARCHITECTURES alone: train.py offers it in --help, trains and reloads it, and refuses the flags
     it does not read."""
-    def build_linear(config, encoder_out_size):
-        input_size = math.prod(config['image_shape'])
-        return torch.nn.Linear(input_size, encoder_out_size), torch.nn.Linear(config['btl_size'], input_size)
+    def build_linear(m, encoder_out_size):
+        input_size = math.prod(m.image_shape)
+        return torch.nn.Linear(input_size, encoder_out_size), torch.nn.Linear(m.btl_size, input_size)
 
     monkeypatch.setitem(model.ARCHITECTURES, 'linear', model.Architecture('one Linear each way', build_linear,
                                                                           frozenset()))
-    assert 'linear: one Linear each way' in ' '.join(train.define_argparser().format_help().split())
+    assert 'linear: one Linear each way' in ' '.join(flags.define_argparser().format_help().split())
     model_fn = str(tmp_path / 'linear.pth')
     checkpoint = train_in_process('--model_fn', model_fn, '--data_dir', data_dir, '--arch', 'linear', *TINY)
-    rebuilt = model.model_from_checkpoint(checkpoint, model_fn)
+    rebuilt = model_from_checkpoint(checkpoint, model_fn)
     assert [type(m).__name__ for m in rebuilt.encoder.modules()] == ['Linear']
     _, refusal = parsed(['--arch', 'linear', '--activation', 'tanh'], capsys)
     assert '--activation does not apply to --arch linear (it has no Blocks)' in refusal

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import config
 import data_loader
 import oneclass
 import predict
@@ -242,8 +243,8 @@ def test_train_and_predict_on_colour_class_folders_by_name(tmp_path, capsys):
     model_fn = str(tmp_path / 'm.pth')
     checkpoint = train_in_process('--model_fn', model_fn, '--dataset', 'folder', '--data_dir', root, '--arch', 'conv',
                                   '--btl_size', '2', '--target_labels', 'kind 3', 'kind 5', '7', *TINY)
-    assert checkpoint['config']['image_shape'] == [3, 20, 24]
-    assert checkpoint['config']['target_labels'] == [3, 5, 7]
+    assert checkpoint['config'].model.image_shape == [3, 20, 24]
+    assert checkpoint['config'].data.target_labels == [3, 5, 7]
     out_dir = tmp_path / 'predict'
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(out_dir)]),
             'predict.py')
@@ -307,9 +308,9 @@ def test_a_small_folder_gets_batches_and_epochs_enough_to_learn_and_an_explicit_
             '--btl_size', '2', '--gpu_id', '-1', '--min_steps', '600']
     saved = train_in_process(*argv)
     n_train = int(len(load_dataset('folder', root, True)[0]) * .8)  # the training share of the split
-    assert saved['config']['batch_size'] == max(train.MIN_FITTED_BATCH, n_train // train.MIN_BATCHES_PER_EPOCH)
-    steps = train.steps_per_epoch(n_train, saved['config']['batch_size'])
-    assert saved['config']['n_epochs'] == max(20, -(-600 // steps)) == len(saved['history']) > 20
+    assert saved['config'].training.batch_size == max(config.MIN_FITTED_BATCH, n_train // config.MIN_BATCHES_PER_EPOCH)
+    steps = config.steps_per_epoch(n_train, saved['config'].training.batch_size)
+    assert saved['config'].training.n_epochs == max(20, -(-600 // steps)) == len(saved['history']) > 20
     capsys.readouterr()
     run_cli(lambda: train.main([*argv[:-2], '--n_epochs', '2', '--overwrite']), 'train.py')
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith('warning:')]

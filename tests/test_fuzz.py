@@ -12,12 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkpoint import load_checkpoint
-from config import DEFAULTS, make_config
+from config import DEFAULTS, RunConfig, make_config
 from data_loader import DataError, idx_bytes, read_idx
 from distributions import LIKELIHOODS, PRIORS
 from helpers import make_images
-from model import ACTIVATIONS, BN_EPS, build_model, model_from_checkpoint
-from train import USED_ONLY_IF, incompatible_flags
+from checkpoint import model_from_checkpoint
+from config import USED_ONLY_IF, refusal
+from model import ACTIVATIONS, BN_EPS, build_model
 from trainer import forward_precision
 from utils import CliError
 
@@ -33,34 +34,35 @@ def architectures(draw):
         hidden_sizes = draw(st.none() | st.lists(st.integers(1, 300), min_size=1, max_size=4))
     else:  # channels or LSTM units: kept small, so each example stays fast
         hidden_sizes = draw(st.lists(st.integers(1, 12), min_size=1, max_size=3))
-    config = make_config(model=model, arch=arch, hidden_sizes=hidden_sizes, n_layers=draw(st.integers(1, 6)),
-                         btl_size=draw(st.integers(1, 40)), use_dropout=draw(st.booleans()),
-                         dropout_p=draw(st.floats(0, .9)), kl_weight=draw(st.floats(0, 4)),
-                         tied=draw(st.booleans()) if arch == 'mlp' else False,
-                         activation=draw(st.sampled_from(list(ACTIVATIONS))) if arch != 'lstm' else 'relu',
-                         noise=draw(st.sampled_from([None, 'gaussian', 'masking', 'salt_pepper'])),
-                         noise_level=draw(st.floats(.01, 1)),
-                         kl_anneal=draw(st.integers(0, 3)) if model == 'vae' else 0,
-                         likelihood=draw(st.sampled_from(list(LIKELIHOODS))),
-                         l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
-                         sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
-    config['bn_eps'] = BN_EPS if config['use_dropout'] or arch == 'lstm' else draw(st.sampled_from([BN_EPS, 1e-3]))
+    flags = dict(DEFAULTS, model=model, arch=arch, hidden_sizes=hidden_sizes, n_layers=draw(st.integers(1, 6)),
+             btl_size=draw(st.integers(1, 40)), use_dropout=draw(st.booleans()),
+             dropout_p=draw(st.floats(0, .9)), kl_weight=draw(st.floats(0, 4)),
+             tied=draw(st.booleans()) if arch == 'mlp' else False,
+             activation=draw(st.sampled_from(list(ACTIVATIONS))) if arch != 'lstm' else 'relu',
+             noise=draw(st.sampled_from([None, 'gaussian', 'masking', 'salt_pepper'])),
+             noise_level=draw(st.floats(.01, 1)),
+             kl_anneal=draw(st.integers(0, 3)) if model == 'vae' else 0,
+             likelihood=draw(st.sampled_from(list(LIKELIHOODS))),
+             l1=draw(st.sampled_from([0., .01])) if model == 'ae' else 0.,
+             sparsity=draw(st.sampled_from([None, .05])) if model == 'ae' else None, sparsity_weight=1.)
+    flags['bn_eps'] = BN_EPS if flags['use_dropout'] or arch == 'lstm' else draw(st.sampled_from([BN_EPS, 1e-3]))
     if arch == 'mlp' and draw(st.booleans()):
-        config.update(gated=True, tied=False, activation='relu')
+        flags.update(gated=True, tied=False, activation='relu')
     if model == 'vae':
-        priors = [name for name, prior in PRIORS.items() if config['use_dropout'] or arch == 'lstm' or
+        priors = [name for name, prior in PRIORS.items() if flags['use_dropout'] or arch == 'lstm' or
                   not prior.uses_inputs]  # a prior with inputs of its own needs no BatchNorm
-        config.update(prior=draw(st.sampled_from(priors)), n_pseudo=draw(st.integers(1, 20)),
-                      n_components=draw(st.integers(1, 5)))
+        flags.update(prior=draw(st.sampled_from(priors)), n_pseudo=draw(st.integers(1, 20)),
+                     n_components=draw(st.integers(1, 5)))
         if draw(st.booleans()):
-            config.update(iwae_k=draw(st.integers(2, 4)), kl_weight=1., kl_anneal=0)
+            flags.update(iwae_k=draw(st.integers(2, 4)), kl_weight=1., kl_anneal=0)
     # Flags this architecture would not use go back to their defaults, as if not given.
     # (until none is left: resetting one, such as --use_dropout, can leave another unused)
     while unused := {name: DEFAULTS[name] for name, rule in USED_ONLY_IF.items()
-                     if rule(config) and config[name] != DEFAULTS[name]}:
-        config.update(unused)
-    given = {name for name in DEFAULTS if config[name] != DEFAULTS[name]}
-    assert incompatible_flags(config, given) is None  # the draw keeps to the rules
+                     if rule(RunConfig.from_flags(flags)) and flags[name] != DEFAULTS[name]}:
+        flags.update(unused)
+    config = RunConfig.from_flags(flags)
+    given = {name for name, value in config.flags().items() if value != DEFAULTS[name]}
+    assert refusal(config, given) is None  # the draw keeps to the rules
     return config
 
 
@@ -79,7 +81,7 @@ def test_any_valid_architecture_builds_and_trains_a_step(config, batch_size, amp
     loss.backward()
     optimizer.step()
     model.eval()
-    assert model.encode(x).shape == (batch_size, config['btl_size'])
+    assert model.encode(x).shape == (batch_size, config.model.btl_size)
     assert model(x).shape == (batch_size, 784)
 
 
@@ -134,7 +136,7 @@ def test_idx_reader_on_mutated_gzip_archives(tmp_path, data):
 def small_checkpoint_bytes():
     config = make_config(model='vae', hidden_sizes=[4], btl_size=2)
     buffer = io.BytesIO()
-    torch.save({'model': build_model(config).state_dict(), 'config': config, 'history': []}, buffer)
+    torch.save({'model': build_model(config).state_dict(), **config.saved(), 'history': []}, buffer)  # today's layout
     return buffer.getvalue()
 
 

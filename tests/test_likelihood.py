@@ -121,7 +121,7 @@ def test_training_batches_are_binarized_afresh_and_validation_takes_its_images_a
 
     images = torch.full((8, 1, 1, 4), 100, dtype=torch.uint8)
     for _ in range(2):
-        run_epoch(model, images, 8, optimizer=build_optimizer(model, make_config())[0], loss_fn=recording_loss,
+        run_epoch(model, images, 8, optimizer=build_optimizer(model, make_config().training)[0], loss_fn=recording_loss,
                   binarize=True)
     assert all(set(x.unique().tolist()) <= {0., 1.} for x in seen) and not torch.equal(seen[0], seen[1])
     valid = run_epoch(model, images, 8, loss_fn=recording_loss)  # evaluation: no binarize
@@ -132,7 +132,7 @@ def test_the_vae_valid_loss_is_the_sampled_elbo_the_same_draws_every_epoch():
     """With the weights frozen (lr 0), every epoch's valid loss is the same number: the negative
     ELBO with one z drawn per image from the validation seed, not the reconstruction at z = mu."""
     model = tiny_vae('bernoulli', n_pixels=6)
-    optimizer, _ = build_optimizer(model, make_config(lr=0.))
+    optimizer, _ = build_optimizer(model, make_config(lr=0.).training)
     images = torch.randint(0, 256, (40, 1, 1, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     trainer = Trainer(model, optimizer, verbose=0)
     trainer.train(images, torch.arange(30), torch.arange(30, 40), 3, 10)
@@ -152,7 +152,7 @@ def test_predict_names_the_nats_for_what_they_are(flags, nats, data_dir, tmp_pat
     model_fn = str(tmp_path / 'vae.pth')
     checkpoint = train_in_process('--model_fn', model_fn, '--data_dir', data_dir, '--model', 'vae', '--btl_size', '2',
                                   *TINY, *flags)
-    assert checkpoint['config']['binarize'] == ('--binarize' in flags)
+    assert checkpoint['config'].data.binarize == ('--binarize' in flags)
     out_dir = tmp_path / 'predict'
     run_cli(lambda: predict.main(['--model_fn', model_fn, '--gpu_id', '-1', '--out_dir', str(out_dir), '--what',
                                   'metrics', 'recon', '--iw_samples', '20']), 'predict.py')

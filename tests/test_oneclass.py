@@ -10,9 +10,10 @@ import analysis
 import anomaly
 import oneclass
 from checkpoint import load_checkpoint
+from config import DEFAULTS
 from data_loader import write_idx
 from helpers import assert_log_matches, expect_usage_error, make_images, without_times, write_dataset
-from utils import flag_values, run_cli
+from utils import run_cli
 
 FAST = ['--arch', 'mlp', '--hidden_sizes', '64', '32', '--btl_size', '8', '--n_epochs', '3', '--batch_size', '32',
         '--gpu_id', '-1']
@@ -93,12 +94,8 @@ def test_an_interrupted_class_is_resumed_where_it_stopped(fashion_dir, tmp_path)
     # The state a stop after epoch 1 of 3 leaves: the checkpoint of epoch 1 (train.py saves after every epoch).
     run(fashion_dir, out_dir, '--classes', '5', '--n_epochs', '1')
     (out_dir / 'oneclass.json').unlink()  # an interrupted run writes no results
-    flags_fn = out_dir / 'class_5.flags.json'
-    flags = json.loads(flags_fn.read_text())
-    assert flags[-2:] == ['--n_epochs', '1']
-    flags_fn.write_text((whole / 'class_5.flags.json').read_text())  # what the full command asks for
     checkpoint = torch.load(out_dir / 'class_5.pth', weights_only=True)
-    checkpoint['training_config']['n_epochs'] = 3
+    checkpoint['training_config']['n_epochs'] = 3  # what the full command asks for
     torch.save(checkpoint, out_dir / 'class_5.pth')
     resumed = run(fashion_dir, out_dir, '--classes', '5')
     history = torch.load(out_dir / 'class_5.pth', weights_only=True)['history']
@@ -114,7 +111,9 @@ def test_other_flags_in_the_same_folder_are_refused_unless_overwrite(fashion_dir
     argv = ['--data_dir', fashion_dir, '--out_dir', str(out_dir), *FAST, '--classes', '1', '--btl_size', '3']
     expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'oneclass.json exists; give --overwrite')
     (out_dir / 'oneclass.json').unlink()
-    expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'was trained with other flags; give --overwrite')
+    expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys,
+                       'class_1.pth was trained with --btl_size 8 where this run gives --btl_size 3; give '
+                       '--overwrite')
     run(fashion_dir, out_dir, '--classes', '1', '--btl_size', '3', '--overwrite')
     assert torch.load(out_dir / 'class_1.pth', weights_only=True)['model_config']['btl_size'] == 3
 
@@ -123,7 +122,7 @@ def test_other_flags_in_the_same_folder_are_refused_unless_overwrite(fashion_dir
     (['--classes', '10'], '--classes 10: not a class of this data set'),
     (['--scores', 'neg_elbo'], '--scores neg_elbo: needs a VAE'),
     (['--target_labels', '3'], '--target_labels: oneclass.py sets it for each class itself'),
-    (['--lr', '-1'], 'class_0.pth: train.py: error: argument --lr: must be in'),
+    (['--lr', '-1'], 'oneclass.py: error: argument --lr: must be in'),
 ])
 def test_bad_input_stops_before_any_training(flags, match, fashion_dir, tmp_path, capsys):
     expect_usage_error(oneclass.main, 'oneclass.py', ['--data_dir', fashion_dir, '--out_dir', str(tmp_path / 'o'),
@@ -153,10 +152,14 @@ def test_a_class_with_too_few_images_is_refused(tmp_path, capsys):
                                                       str(tmp_path / 'o')], capsys, 'only 1 training image(s)')
 
 
-def test_the_flags_passed_through_replace_the_recipes_and_each_flag_is_saved_once():
-    flags = oneclass.recipe_flags(['--btl_size', '8', '--tied', '--n_epochs', '3', '--btl_size', '4'])
+def test_the_flags_passed_through_replace_the_recipes(tmp_path):
+    args = oneclass.define_argparser().parse_args(['--out_dir', str(tmp_path)])
+    config, options, given = oneclass.class_config(args, 3, ['--btl_size', '8', '--noise', 'gaussian', '--n_epochs',
+                                                             '3', '--btl_size', '4'])
     # --btl_size given twice counts once, its last value; --n_epochs replaces the recipe's --min_steps
-    assert flags == ['--arch', 'conv', '--hidden_sizes', '32', '64', '128', '--tied', '--n_epochs', '3',
-                     '--btl_size', '4']
-    assert oneclass.recipe_flags([]) == oneclass.RECIPE.split()
-    assert flag_values(['--hidden_sizes', '8', '4', '--tied']) == {'--hidden_sizes': ['8', '4'], '--tied': []}
+    assert config.model.btl_size == 4 and config.model.noise == 'gaussian' and config.training.n_epochs == 3
+    assert config.model.arch == 'conv' and config.model.hidden_sizes == [32, 64, 128]
+    assert config.training.min_steps == DEFAULTS['min_steps'] and 'min_steps' not in given
+    assert config.data.target_labels == [3] and options.model_fn == str(tmp_path / 'class_3.pth')
+    recipe, _, _ = oneclass.class_config(args, 3, [])
+    assert recipe == oneclass.RECIPE.config.replace(target_labels=[3], dataset='fashion_mnist')

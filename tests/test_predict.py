@@ -238,5 +238,5 @@ def test_the_figures_of_three_kinds_of_model_say_what_they_show(kind, tmp_path, 
     report = predict.Report(model, checkpoint, args, torch.device('cpu'), str(out_dir))
     classes = [0, 1, 2] if kind == 'conv_ae_colour_folder' else [0, 1, 7]
     assert report.labels[report.shown[0]].tolist() == (classes * 4)[:10]  # one of each class in turn
-    assert report.subject == f'{kind}.pth ({type(model).__name__}) on {checkpoint["config"]["dataset"]}'
+    assert report.subject == f'{kind}.pth ({type(model).__name__}) on {checkpoint["config"].data.dataset}'
     assert 'model against PCA' in capsys.readouterr().out

@@ -15,19 +15,19 @@ import bench
 import oneclass
 import predict
 import recipes
-import train
+import flags
+from config import DEFAULTS
 from data_loader import write_image_folder
-from helpers import ROOT, make_images
-from utils import flag_values
+from helpers import ROOT, flag_values, make_images
 
 
 def parse_oneclass(argv):
     """oneclass.py's own flags, then the rest as train.py takes them."""
     _, train_flags = oneclass.define_argparser().parse_known_args(argv)
-    train.parse_args(train.define_argparser(), ['--model_fn', 'class.pth', *train_flags])
+    flags.parse(['--model_fn', 'class.pth', *train_flags])
 
 
-PARSERS = {'train.py': lambda argv: train.parse_args(train.define_argparser(), argv),
+PARSERS = {'train.py': flags.parse,
            'predict.py': lambda argv: predict.define_argparser().parse_args(argv),
            'bench.py': lambda argv: bench.define_argparser().parse_args(argv),
            'recipes.py': lambda argv: recipes.define_argparser().parse_args(argv),
@@ -131,12 +131,12 @@ def reference_table_flags(heading):
 
 def test_the_reference_table_of_train_py_holds_every_flag_with_its_default():
     documented = reference_table_flags('## train.py')
-    parser = train.define_argparser()
-    flags = {action.dest for action in parser._actions if action.dest != 'help'}
-    assert documented.keys() == flags
+    parser = flags.define_argparser()
+    names = {action.dest for action in parser._actions if action.dest != 'help'}
+    assert documented.keys() == names
     for name, default in documented.items():
-        if name in train.DEFAULTS and re.fullmatch(r'[-\d.e]+', default):
-            assert float(default) == float(train.DEFAULTS[name]), name
+        if name in DEFAULTS and re.fullmatch(r'[-\d.e]+', default):
+            assert float(default) == float(DEFAULTS[name]), name
 
 
 def reference_row(heading, flag):

@@ -49,15 +49,15 @@ def test_resume_may_switch_amp_and_compile_and_takes_defaults_for_flags_newer_th
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--n_epochs', '1')
     saved = torch.load(model_fn, weights_only=True)
     assert saved['training_config']['amp'] is False
-    del saved['training_config']['amp'], saved['training_config']['compile']  # as a checkpoint from before them holds it
+    del saved['training_config']['amp'], saved['training_config']['compile']  # as a checkpoint from before them
     torch.save(saved, model_fn)
     resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '2')
-    assert resumed['config']['amp'] is False and resumed['config']['compile'] is False
+    assert resumed['config'].training.amp is False and resumed['config'].training.compile is False
     assert len(resumed['history']) == 2
     eager_fn = str(tmp_path / 'eager.pth')
     shutil.copy(model_fn, eager_fn)
     resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--amp', '--compile')
-    assert resumed['config']['amp'] is True and resumed['config']['compile'] is True
+    assert resumed['config'].training.amp is True and resumed['config'].training.compile is True
     assert len(resumed['history']) == 3
     eager = train_in_process('--model_fn', eager_fn, '--resume', '--n_epochs', '3', '--amp')
     # The compiled epoch did the same training; only the order of the bf16 operations differs.

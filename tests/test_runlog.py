@@ -9,7 +9,6 @@ import urllib.request
 import json
 
 import pytest
-import torch
 
 import predict
 import train
