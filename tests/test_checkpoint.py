@@ -154,3 +154,25 @@ def test_a_checkpoint_saved_before_max_hidden_size_keeps_the_sizes_it_was_made_w
 def test_an_older_config_gets_its_likelihood_in_one_place(saved, likelihood):
     config = RunConfig.from_flags(checkpoint.upgraded(saved))
     assert config.model.likelihood == likelihood and 'loss' not in config.flags()
+
+
+def test_a_checkpoint_of_todays_layout_loads_gives_its_outputs_and_resumes(tmp_path):
+    """A VAE of a mixture prior trained for 2 epochs with --ema 0.9, saved in today's layout (the config in
+    its three parts) by the code before the config was typed, with what that code computed from it."""
+    path = os.path.join(os.path.dirname(__file__), 'data', 'parts_layout_vae_mog.pth')
+    assert set(checkpoint.SAVED_PARTS) <= torch.load(path, weights_only=True).keys()
+    model, saved = load_model(path, torch.device('cpu'))
+    assert saved['config'].model.prior == 'mog' and saved['config'].training.ema == .9
+    expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
+    with torch.no_grad():  # the same code on the same weights: equal but for the order of fp32 sums
+        codes = model.encode(expected['x'])
+        assert torch.allclose(codes, expected['codes'], atol=1e-5)
+        assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
+        assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)
+    model_fn = str(tmp_path / 'm.pth')
+    shutil.copy(path, model_fn)
+    write_dataset(str(tmp_path / 'data'), n_train=200, n_test=50)
+    resumed = train_in_process('--model_fn', model_fn, '--resume', '--n_epochs', '3', '--data_dir',
+                               str(tmp_path / 'data'), '--gpu_id', '-1', '--no_log')
+    assert [h['epoch'] for h in resumed['history']] == [1, 2, 3]
+    assert resumed['config'] == saved['config'].replace(n_epochs=3, data_dir=str(tmp_path / 'data'))
