@@ -59,7 +59,7 @@ RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'],
 
 
 def define_argparser():
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = ArgumentParser(prog='bench.py', description=__doc__.strip().splitlines()[0])
     add_gpu_flag(p)
     add_threads_flag(p)
     p.add_argument('--n_epochs', type=int_at_least(2), default=4,

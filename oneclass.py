@@ -49,7 +49,8 @@ OWN_TRAIN_FLAGS = ('--model_fn', '--target_labels', '--resume', '--overwrite', '
 
 
 def define_argparser():
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    p = ArgumentParser(prog='oneclass.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False,
                        epilog='Any other flag is passed to train.py (e.g. --btl_size 32 --n_epochs 40 --arch conv).')
     p.add_argument('--dataset', choices=list(DATASETS), default='fashion_mnist', help='(default: %(default)s)')
     p.add_argument('--data_dir', default='./data',

@@ -37,8 +37,6 @@ def train(config, options, given=frozenset(), ranks=distributed.Ranks(), device=
     check_fresh(model_fn, options.resume, options.overwrite)
     if ranks.is_main:
         check_writable(model_fn)
-        if log_folder:
-            prepare_log_dir(log_folder, options.resume, options.overwrite)
     set_seed(config.training.seed)
 
     config, data = training_data(config, given, checkpoint, model_fn, ranks)
@@ -66,7 +64,8 @@ def train(config, options, given=frozenset(), ranks=distributed.Ranks(), device=
     if verbose >= 1:
         print(summary(config, model, device, len(data.train), len(data.valid), len(trainer.history), ranks))
     run_log = None
-    if log_folder:
+    if log_folder:  # made once the data and the model are known to be good: a refused run leaves no folder
+        prepare_log_dir(log_folder, options.resume, options.overwrite)
         run_log = RunLog(log_folder, config, trainer.history, steps_per_epoch(len(data.train), t.batch_size),
                          len(data.train), valid_images, valid_indices, options.log_every_n_steps,
                          options.log_images_every)

@@ -31,7 +31,7 @@ IW_SAMPLES = 100  # --iw_samples of a VAE
 
 
 def define_argparser():
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(prog='predict.py', description=__doc__.strip().splitlines()[0], allow_abbrev=False)
     p.add_argument('--model_fn', required=True, help='checkpoint written by train.py')
     p.add_argument('--what', nargs='+', choices=WHAT, default=None,
                    help='what to make (default: all that apply; boundary and manifold need a 2-d code): '

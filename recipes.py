@@ -33,7 +33,7 @@ EXEMPLAR_VAE_NLL = 226.75
 
 
 def define_argparser():
-    p = ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = ArgumentParser(prog='recipes.py', description=__doc__.strip().splitlines()[0])
     p.add_argument('--recipes_dir', default='recipes',
                    help='where the checkpoints, figures and recipes.json go (default: %(default)s)')
     p.add_argument('--recipes', nargs='+', choices=list(RECIPES), default=list(RECIPES), metavar='NAME',
@@ -82,8 +82,8 @@ def train_recipe(name, config, options, given, device):
 
 def run_recipes(args):
     """Trains each recipe (or resumes it), evaluates it with predict.py, and returns the metrics and times."""
-    make_out_dir(args.recipes_dir, '--recipes_dir')
     device = get_device(args.gpu_id)
+    make_out_dir(args.recipes_dir, '--recipes_dir')
     results = {}
     for name in progress_bar(args.recipes, desc='recipes', unit='recipe'):
         changes = recipe_changes(args, name)

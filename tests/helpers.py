@@ -60,14 +60,13 @@ def printed_losses(stdout, prefix):
 
 
 def expect_usage_error(main, prog, argv, capsys, match):
-    """main(argv) must end with one line on stderr that contains match, exit code 2, no traceback; returns
-    that line."""
+    """main(argv) must end with exit status 2 and one line of prog's on stderr that contains match, without a
+    traceback; returns that line."""
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: main(argv), prog)
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert len(err.strip().splitlines()) == 1, err
-    assert 'Traceback' not in err
+    assert exit_info.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f'{prog}: ') and 'Traceback' not in err, err
     assert match in err, err
     return err
 

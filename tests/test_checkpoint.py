@@ -97,6 +97,15 @@ def test_an_autoencoder_of_the_older_loss_flag_loads_with_that_loss_as_its_likel
         assert torch.allclose(model.image_losses(expected['x'])[1]['recon'], expected['recon'], rtol=1e-5)
 
 
+def gives_the_outputs_it_gave(model, expected):
+    """The model's codes, decoded images and log-prior of expected['x'] are those saved beside its checkpoint."""
+    with torch.no_grad():  # the same code on the same weights: equal but for the order of fp32 sums
+        codes = model.encode(expected['x'])
+        assert torch.allclose(codes, expected['codes'], atol=1e-5)
+        assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
+        assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)
+
+
 def test_a_checkpoint_of_one_config_dict_loads_resumes_and_gives_the_outputs_it_gave(tmp_path):
     """A VAE of a mixture prior and a Gaussian likelihood, saved with its config as one dict of every
     flag, as train.py saved it before the config was kept in parts, with what that code computed from
@@ -106,11 +115,8 @@ def test_a_checkpoint_of_one_config_dict_loads_resumes_and_gives_the_outputs_it_
     model, saved = load_model(path, torch.device('cpu'))
     assert saved['config'].model.prior == 'mog' and saved['config'].model.n_components == 3
     expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
-    with torch.no_grad():  # the same code on the same weights: equal but for the order of fp32 sums
-        codes = model.encode(expected['x'])
-        assert torch.allclose(codes, expected['codes'], atol=1e-5)
-        assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
-        assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)
+    gives_the_outputs_it_gave(model, expected)
+    with torch.no_grad():
         torch.manual_seed(1)
         assert torch.allclose(model.image_losses(expected['x'])[1]['recon'], expected['elbo_terms'], rtol=1e-5)
     model_fn = str(tmp_path / 'm.pth')
@@ -164,11 +170,7 @@ def test_a_checkpoint_of_todays_layout_loads_gives_its_outputs_and_resumes(tmp_p
     model, saved = load_model(path, torch.device('cpu'))
     assert saved['config'].model.prior == 'mog' and saved['config'].training.ema == .9
     expected = torch.load(path.replace('.pth', '.outputs.pt'), weights_only=True)
-    with torch.no_grad():  # the same code on the same weights: equal but for the order of fp32 sums
-        codes = model.encode(expected['x'])
-        assert torch.allclose(codes, expected['codes'], atol=1e-5)
-        assert torch.allclose(model.decode(codes), expected['decoded'], atol=1e-5)
-        assert torch.allclose(model.log_prior(codes), expected['log_prior'], atol=1e-4)
+    gives_the_outputs_it_gave(model, expected)
     model_fn = str(tmp_path / 'm.pth')
     shutil.copy(path, model_fn)
     write_dataset(str(tmp_path / 'data'), n_train=200, n_test=50)

@@ -120,35 +120,7 @@ def test_target_labels_keep_only_those_classes(data_dir, tmp_path, capsys):
     assert 'test set: 20 images of 1 x 28 x 28 (classes 1 7)' in capsys.readouterr().out
 
 
-# --- bad input: one line on stderr, exit code 2, no traceback, nothing clobbered ---
-
-@pytest.mark.parametrize('flags, match', [
-    (['--btl_size', '0'], '--btl_size: must be an integer >= 1, got 0'),
-    (['--n_layers', '0'], '--n_layers: must be an integer >= 1'),
-    (['--hidden_sizes', '64', '0'], '--hidden_sizes: must be an integer >= 1'),
-    (['--train_ratio', '1'], '--train_ratio: must be in (0, 1)'),
-    (['--train_ratio', '0'], '--train_ratio: must be in (0, 1)'),
-    (['--batch_size', '0'], '--batch_size: must be an integer >= 1'),
-    (['--n_epochs', '0'], '--n_epochs: must be an integer >= 1'),
-    (['--dropout_p', '1'], '--dropout_p: must be in [0, 1)'),
-    (['--dropout_p', '-0.1'], '--dropout_p: must be in [0, 1)'),
-    (['--btl_size', 'two'], "invalid int value: 'two'"),
-    (['--model', 'gan'], "invalid choice: 'gan'"),
-    (['--loss', 'bce'], 'unrecognized arguments: --loss bce'),
-    (['--target_labels', '3', '10'], '--target_labels 10: not a class of this data set'),
-    (['--gpu_id', str(torch.cuda.device_count())], '--gpu_id'),
-    (['--dataset', 'fashion_mnist', '--data_dir', '/nonexistent'], 'could not be downloaded'),
-])
-def test_train_bad_input(flags, match, data_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr('data_loader._download', lambda dataset, data_dir: False)  # no network in tests
-    monkeypatch.setitem(__import__('data_loader').DATASETS, 'fashion_mnist',
-                        ('FashionMNIST', 'FashionMNIST/raw', []))
-    model_fn = tmp_path / 'keep.pth'
-    model_fn.write_bytes(b'an earlier checkpoint')
-    argv = ['--model_fn', str(model_fn), '--data_dir', data_dir, '--n_epochs', '1', '--verbose', '0', '--overwrite']
-    expect_usage_error(train.main, 'train.py', argv + flags, capsys, match)
-    assert model_fn.read_bytes() == b'an earlier checkpoint'
-
+# --- bad input (the tables of every script are in test_bad_input.py) ---
 
 def test_help_names_every_flag_that_resume_allows(capsys):
     with pytest.raises(SystemExit) as e:
@@ -166,54 +138,3 @@ def test_train_refuses_an_unwritable_model_fn(data_dir, tmp_path, capsys):
     expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'a-file' / 'sub' / 'x.pth'),
                                                 '--data_dir', data_dir], capsys,
                        f'{tmp_path / "a-file"} is a file, not a folder')
-
-
-@pytest.mark.parametrize('content, match', [
-    (None, 'no such checkpoint file'),
-    (b'', 'not a readable checkpoint'),
-    (b'hello, I am not a checkpoint', 'not a readable checkpoint'),
-    ('truncated', 'not a readable checkpoint'),
-    ('other_dict', 'not a checkpoint of this repository'),
-    ('bad_weights', 'weights do not match its config'),
-    ('huge_config', 'weights do not match its config'),  # 313 GB if it were built before the check
-    ('mistyped_config', "its config is not one that train.py writes (btl_size is '2', not int)"),
-])
-def test_predict_bad_checkpoint(trained, content, match, tmp_path, capsys):
-    model_fn, _ = trained
-    path = tmp_path / 'bad.pth'
-    if content == 'truncated':
-        data = open(model_fn, 'rb').read()
-        path.write_bytes(data[:len(data) // 2])
-    elif content == 'other_dict':
-        torch.save({'state_dict': {}}, path)
-    elif content in ('bad_weights', 'huge_config', 'mistyped_config'):
-        checkpoint = torch.load(model_fn, weights_only=True)
-        checkpoint['model_config'].update({'bad_weights': {'btl_size': 5}, 'huge_config': {'hidden_sizes': [10 ** 8]},
-                                           'mistyped_config': {'btl_size': '2'}}[content])
-        torch.save(checkpoint, path)
-    elif content is not None:
-        path.write_bytes(content)
-    expect_usage_error(predict.main, 'predict.py', ['--model_fn', str(path), '--gpu_id', '-1'], capsys, match)
-
-
-def test_bad_input_through_the_real_command_line(tmp_path):
-    result = run_script('train.py', '--model_fn', str(tmp_path / 'x.pth'), '--btl_size', '0')
-    assert result.returncode == 2
-    assert result.stderr.strip() == 'train.py: error: argument --btl_size: must be an integer >= 1, got 0'
-    result = run_script('predict.py', '--model_fn', str(tmp_path / 'missing.pth'))
-    assert result.returncode == 2
-    assert result.stderr.strip() == f'predict.py: error: {tmp_path / "missing.pth"}: no such checkpoint file'
-
-
-def test_predict_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
-    marker = tmp_path / 'payload-ran'
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), 'w'))  # would create the marker file when unpickled
-
-    path = tmp_path / 'evil.pth'
-    torch.save({'model': Payload(), 'config': {}, 'history': []}, path)
-    expect_usage_error(predict.main, 'predict.py', ['--model_fn', str(path), '--gpu_id', '-1'], capsys,
-                       'refused: it holds the Python object')
-    assert not marker.exists()

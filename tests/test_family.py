@@ -14,7 +14,7 @@ import flags
 import train
 from config import RunConfig, make_config
 from data_loader import write_idx
-from helpers import assert_same_run, expect_usage_error, iw_samples_flag
+from helpers import assert_same_run, iw_samples_flag
 from checkpoint import load_checkpoint, model_from_checkpoint, upgrade_state_dict, upgraded
 from model import build_model
 from utils import run_cli
@@ -294,32 +294,6 @@ def test_linear_autoencoder_learns_the_pca_subspace(tmp_path):
     top = torch.linalg.svd(x - x.mean(0), full_matrices=False).Vh[:k].T
     cosines = torch.linalg.svdvals(torch.linalg.qr(columns).Q.T @ top)
     assert cosines.min() > .99  # every principal angle below about 8 degrees
-
-
-@pytest.mark.parametrize('flags, match', [
-    (['--btl_size', '784'], 'overcomplete code'),
-    (['--model', 'vae', '--l1', '.1'], '--l1 applies to --model ae only'),
-    (['--model', 'vae', '--sparsity', '.1'], '--sparsity applies to --model ae only'),
-    (['--kl_anneal', '3'], '--kl_anneal applies to --model vae only'),
-    (['--arch', 'conv', '--tied'], '--tied does not apply to --arch conv (it reads --activation, --bn_eps'),
-    (['--arch', 'lstm', '--activation', 'tanh'], '--activation does not apply to --arch lstm'),
-    (['--use_dropout', '--bn_eps', '1e-3'], '--bn_eps applies to BatchNorm, which --use_dropout has not'),
-    (['--arch', 'lstm', '--bn_eps', '1e-3'], '--bn_eps does not apply to --arch lstm (it has no Blocks)'),
-    (['--noise', 'masking', '--noise_level', '1.5'], 'takes a share of the pixels'),
-    (['--activation', 'swish'], "invalid choice: 'swish'"),
-    (['--binarize', '--likelihood', 'cbernoulli'], 'binary pixels (--binarize) take --likelihood bernoulli or mse'),
-    (['--gated', '--arch', 'conv'], '--gated does not apply to --arch conv'),
-    (['--gated', '--tied'], '--gated takes neither --tied'),
-    (['--gated', '--activation', 'tanh'], 'nor --activation (the gate replaces it)'),
-    (['--prior', 'vamp'], '--prior vamp needs --model vae and --use_dropout'),
-    (['--model', 'vae', '--prior', 'vamp'], "BatchNorm would take the prior's inputs into its batch statistics"),
-    (['--iwae_k', '5'], '--iwae_k applies to --model vae only'),
-    (['--model', 'vae', '--iwae_k', '5', '--kl_anneal', '3'], 'has no KL term to weigh or warm up'),
-    (['--model', 'vae', '--iwae_k', '0'], '--iwae_k'),
-])
-def test_combinations_that_make_no_sense(flags, match, data_dir, tmp_path, capsys):
-    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--data_dir', data_dir,
-                                                *flags], capsys, match)
 
 
 @pytest.mark.parametrize('part_flags, help_text, label', [

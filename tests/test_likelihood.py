@@ -8,10 +8,9 @@ import torch
 
 import analysis
 import predict
-import train
 from config import make_config
 from data_loader import binarize_once, to_input
-from helpers import TINY, expect_usage_error, train_in_process
+from helpers import TINY, train_in_process
 from distributions import gaussian_kl
 from model import build_model
 from trainer import Trainer, build_optimizer, run_epoch
@@ -162,13 +161,3 @@ def test_predict_names_the_nats_for_what_they_are(flags, nats, data_dir, tmp_pat
     assert metrics['nats_of_log_px'] is nats and metrics[iwae] <= metrics['neg_elbo']
     assert metrics[iwae + '_std_error'] > 0 and not {'iwae_nll', 'iwae_cross_entropy'} - {iwae} & metrics.keys()
     assert ('-log p(x), IWAE bound' in out) is nats and ('cross-entropy, IWAE bound' in out) is not nats
-
-
-@pytest.mark.parametrize('flags, match', [
-    (['--likelihood', 'gaussian', '--binarize'], 'binary pixels (--binarize) take --likelihood bernoulli or mse'),
-    (['--model', 'vae', '--likelihood', 'cbernoulli', '--binarize'], 'binary pixels (--binarize) take --likelihood '
-                                                                      'bernoulli'),
-])
-def test_likelihoods_that_make_no_sense_are_refused(flags, match, data_dir, tmp_path, capsys):
-    expect_usage_error(train.main, 'train.py', ['--model_fn', str(tmp_path / 'm.pth'), '--data_dir', data_dir, *TINY,
-                                                *flags], capsys, match)

@@ -119,20 +119,6 @@ def test_default_what_for_a_wider_code_skips_the_plane_figures(models, tmp_path)
     assert metrics['pca_components'] == 3
 
 
-@pytest.mark.parametrize('flags, match', [
-    (['--what', 'boundary'], '--what boundary needs a 2-d code; this model\'s code has 3 dimensions'),
-    (['--what', 'interp', '--interp', '0', '100'], '--interp 100: test images are numbered 0 to 99'),
-    (['--what', 'interp', '--interp_classes', '1', '12'], '--interp_classes 12: not a class of this data set'),
-    (['--what', 'pictures'], "invalid choice: 'pictures'"),
-    (['--iw_samples', '10'], "--iw_samples: sets the importance samples of a VAE's -log p(x); this model is an "
-                             'AutoEncoder'),
-])
-def test_predict_bad_flags(models, flags, match, tmp_path, capsys):
-    expect_usage_error(predict.main, 'predict.py', ['--model_fn', models['ae3'], '--out_dir', str(tmp_path),
-                                                    *flags], capsys, match)
-    assert os.listdir(tmp_path) == []  # nothing written
-
-
 def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_path, capsys):
     model_fn = str(tmp_path / 'weak.pth')  # one epoch: far from PCA's reconstructions
     run_cli(lambda: train.main(['--model_fn', model_fn, '--data_dir', data_dir, '--verbose', '0', '--btl_size', '3',

@@ -195,19 +195,6 @@ def test_a_failing_compile_stops_with_one_line(data_dir, tmp_path):
     assert not model_fn.exists()
 
 
-@pytest.mark.parametrize('flags, match', [
-    (['--btl_size', '4'], '--btl_size would change the run'),
-    (['--lr', '0.1'], '--lr would change the run'),
-    (['--n_epochs', '3'], 'already holds 3 epochs'),
-])
-def test_resume_refuses_flags_that_change_the_run(flags, match, data_dir, tmp_path, capsys):
-    model_fn = str(tmp_path / 'm.pth')
-    train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY)
-    before = open(model_fn, 'rb').read()
-    expect_usage_error(train.main, 'train.py', ['--model_fn', model_fn, '--resume', *flags], capsys, match)
-    assert open(model_fn, 'rb').read() == before
-
-
 def test_resume_refuses_a_stretched_cosine_schedule(data_dir, tmp_path, capsys):
     model_fn = str(tmp_path / 'm.pth')
     train_in_process('--model_fn', model_fn, '--data_dir', data_dir, *TINY, '--scheduler', 'cosine')
