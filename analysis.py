@@ -2,6 +2,8 @@
 per-image errors, kNN, ROC AUC, a PCA baseline, the importance-weighted bound, and the
 metrics that predict.py writes to metrics.json."""
 import math
+from dataclasses import dataclass, fields
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,13 +14,12 @@ from utils import EVAL_SEED, keep_freed_memory, progress_bar, seeded
 EPS = 1e-6  # keeps BCE finite for outputs at (or, for an MSE model, beyond) 0 and 1
 NEAR_ZERO = .01  # a code activation this close to 0 counts as off, for sparse codes
 # variational_bounds decodes at most this many codes at once, whatever the sample count, so that
-# memory stays bounded. On a CPU, passes of 2,048 codes (6 MB of logits for 784 pixels) ran a few
-# percent faster than passes of 5,000 or 16,384; a GPU wants larger passes.
+# memory stays bounded; the sizes are measured in docs/performance.md (the importance-sampled -log p(x)).
 MAX_DECODED_ROWS = {'cpu': 2048, 'cuda': 32768}
 # The training-set kNN accuracy (leave-one-out) classifies at most this many training codes, each
-# against all of them: on Fashion-MNIST's 48,000, about 1.5 s on one core, and within about 0.006
-# (the binomial standard error) of the accuracy over all of them.
+# against all of them: within about 0.006 (the binomial standard error) of the accuracy over all of them.
 LEAVE_ONE_OUT_QUERIES = 5_000
+KNN_K = 5  # the neighbours of the kNN classifier of codes, in metrics.json and the decision regions
 
 
 @torch.no_grad()
@@ -238,53 +239,102 @@ def own_losses(scores, has_prior):
     return {'loss': loss, **own} if len(own) > 1 else own
 
 
-def iwae_key(nats_of_log_px):
-    """The metrics' name of the importance-weighted bound: an estimate of -log p(x) (nll) only where
-    the likelihood is a density of the data, else a cross-entropy."""
-    return 'iwae_nll' if nats_of_log_px else 'iwae_cross_entropy'
+def mean_own_losses(losses, has_prior):
+    """own_losses() of image_scores() averaged over the images: the losses per image of a data set."""
+    return {name: value.mean().item() for name, value in own_losses(losses, has_prior).items()}
 
 
-@torch.no_grad()
-def test_metrics(model, train_set, test_set, codes, scores, knn_k, iw_samples=None, sparse=False, noise=False,
-                 batch_size=1024, likelihood=None):
-    """Every number of predict.py's metrics table for one model, as a dict of floats and ints:
-    its own losses, its reconstruction errors, kNN on its codes, the same for PCA with as
-    many components, and what applies to this model (the VAE's bounds and active units, a
-    sparse code's near-zero share, a denoiser's error from noisy inputs). train_set and
-    test_set are (uint8 images, labels), labels None for unlabelled data (no kNN accuracy);
-    codes are encode_all() of both, (train, test); scores are image_scores() of the test images;
-    likelihood is the VAE's likelihood part's describe()."""
+class Bounds(NamedTuple):
+    """Per test image, from the same n_samples draws of q(z|x): variational_bounds()."""
+    neg_elbo: torch.Tensor
+    neg_iwae: torch.Tensor
+    n_samples: int
+
+    def of(self, keep):
+        """The bounds of the images that the bool mask keep selects."""
+        return Bounds(self.neg_elbo[keep], self.neg_iwae[keep], self.n_samples)
+
+
+@dataclass(frozen=True)
+class VariationalMetrics:
+    """A VAE's numbers on a test set, per image."""
+    likelihood: str  # the likelihood part's describe()
+    nats_of_log_px: bool  # the bounds are nats of -log p(x) only where the likelihood is a density of the data
+    neg_elbo: float
+    iwae: float  # the importance-weighted bound: -log p(x), or a cross-entropy
+    iwae_std_error: float  # over the images
+    iwae_samples: int
+    active_units: int
+
+    def as_dict(self):
+        """metrics.json's keys: the IWAE bound is iwae_nll where it estimates -log p(x), else
+        iwae_cross_entropy."""
+        iwae = 'iwae_nll' if self.nats_of_log_px else 'iwae_cross_entropy'
+        return {'likelihood': self.likelihood, 'nats_of_log_px': self.nats_of_log_px, 'neg_elbo': self.neg_elbo,
+                'active_units': self.active_units, 'iwae_samples': self.iwae_samples, iwae: self.iwae,
+                iwae + '_std_error': self.iwae_std_error}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """predict.py's metrics of one model on a test set, beside PCA with as many components; a number
+    that does not apply to the model or the data is None."""
+    n_test: int
+    own_losses: dict  # own_losses(): the model's loss and its parts, per image
+    sse_per_image: float
+    bce_per_image: float
+    pca_components: int
+    pca_sse_per_image: float
+    pca_bce_per_image: float
+    knn_accuracy: Optional[float] = None  # labelled data: KNN_K-NN classification of the test codes
+    pca_knn_accuracy: Optional[float] = None
+    train_knn_accuracy: Optional[float] = None  # the same inside the training set, leave-one-out
+    pca_train_knn_accuracy: Optional[float] = None
+    code_near_zero: Optional[float] = None  # a sparse code: the share of activations near 0
+    noisy_sse_per_image: Optional[float] = None  # a denoiser: the squared error from noisy inputs
+    variational: Optional[VariationalMetrics] = None  # a VAE
+
+    def as_dict(self):
+        """The metrics as metrics.json holds them: one flat dict of the numbers that apply."""
+        flat = {'n_test': self.n_test, **self.own_losses}
+        flat.update({f.name: getattr(self, f.name) for f in fields(self)
+                     if f.name not in ('n_test', 'own_losses', 'variational') and getattr(self, f.name) is not None})
+        return {**flat, **(self.variational.as_dict() if self.variational else {})}
+
+
+def test_metrics(model, model_config, train_set, test_set, codes, losses, bounds=None, batch_size=1024):
+    """Every number of predict.py's metrics table for one model (Metrics): its own losses, its
+    reconstruction errors, kNN on its codes, the same for PCA with as many components, and what
+    applies to this model (a VAE's bounds and active units, a sparse code's near-zero share, a
+    denoiser's error from noisy inputs). train_set and test_set are (uint8 images, labels), labels
+    None for unlabelled data (no kNN accuracy); codes are encode_all() of both, (train, test); losses
+    are image_scores() of the test images, bounds a VAE's Bounds of them."""
     (train_images, train_labels), (test_images, test_labels) = train_set, test_set
     train_codes, test_codes = codes
     k = test_codes.shape[1]
     pca = pca_baseline(train_images, test_images, k)
-    m = {name: value.mean().item() for name, value in own_losses(scores, model.has_prior).items()}
-    m.update({
-        'sse_per_image': scores['sse'].mean().item(),
-        'bce_per_image': scores['bce'].mean().item(),
-        'pca_components': k,
-        'pca_sse_per_image': pca['sse'].mean().item(),
-        'pca_bce_per_image': pca['bce'].mean().item(),
-    })
+    m = dict(n_test=len(test_images),
+             own_losses=mean_own_losses(losses, model.has_prior),
+             sse_per_image=losses['sse'].mean().item(), bce_per_image=losses['bce'].mean().item(),
+             pca_components=k, pca_sse_per_image=pca['sse'].mean().item(), pca_bce_per_image=pca['bce'].mean().item())
     if train_labels is not None:
-        knn = knn_predict(train_codes, train_labels, test_codes, knn_k)
-        pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], knn_k)
-        m['knn_accuracy'] = (knn == test_labels).float().mean().item()
-        m['pca_knn_accuracy'] = (pca_knn == test_labels).float().mean().item()
-        m['train_knn_accuracy'] = leave_one_out_accuracy(train_codes, train_labels, knn_k)
-        m['pca_train_knn_accuracy'] = leave_one_out_accuracy(pca['train_codes'], train_labels, knn_k)
-    if sparse:
+        knn = knn_predict(train_codes, train_labels, test_codes, KNN_K)
+        pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], KNN_K)
+        m.update(knn_accuracy=(knn == test_labels).float().mean().item(),
+                 pca_knn_accuracy=(pca_knn == test_labels).float().mean().item(),
+                 train_knn_accuracy=leave_one_out_accuracy(train_codes, train_labels, KNN_K),
+                 pca_train_knn_accuracy=leave_one_out_accuracy(pca['train_codes'], train_labels, KNN_K))
+    if model_config.l1 or model_config.sparsity:
         m['code_near_zero'] = (test_codes.abs() < NEAR_ZERO).float().mean().item()
-    if noise:
+    if model_config.noise:
         m['noisy_sse_per_image'] = noisy_errors(model, test_images, batch_size).mean().item()
     if model.has_prior:
-        neg_elbo, neg_iwae = variational_bounds(model, test_images, iw_samples, progress=True)
-        iwae = iwae_key(likelihood[1])
-        m.update({'likelihood': likelihood[0], 'nats_of_log_px': likelihood[1], 'neg_elbo': neg_elbo.mean().item(),
-                  'active_units': active_units(test_codes), 'iwae_samples': iw_samples,
-                  iwae: neg_iwae.mean().item(),
-                  iwae + '_std_error': (neg_iwae.std() / math.sqrt(len(neg_iwae))).item()})
-    return m
+        likelihood, nats = model.likelihood.describe()
+        m['variational'] = VariationalMetrics(
+            likelihood, nats, bounds.neg_elbo.mean().item(), bounds.neg_iwae.mean().item(),
+            (bounds.neg_iwae.std() / math.sqrt(len(bounds.neg_iwae))).item(), bounds.n_samples,
+            active_units(test_codes))
+    return Metrics(**m)
 
 
 @torch.no_grad()

@@ -40,8 +40,9 @@ class Scorer:
 
     @cached_property
     def bounds(self):
-        """Per test image: the negative ELBO and the importance-weighted -log p(x) bound."""
-        return analysis.variational_bounds(self.model, self.test_images, self.iw_samples)
+        """Per test image: the negative ELBO and the importance-weighted -log p(x) bound (analysis.Bounds)."""
+        return analysis.Bounds(*analysis.variational_bounds(self.model, self.test_images, self.iw_samples,
+                                                            progress=True), self.iw_samples)
 
     @cached_property
     def train_codes(self):
@@ -82,9 +83,9 @@ SCORES = {
     'recon': Score('reconstruction error, in the image-space loss the model was trained with', False,
                    lambda s: s.losses['recon']),
     'neg_elbo': Score('negative ELBO (nats only for binary pixels or a density of the pixels)', True,
-                      lambda s: s.bounds[0]),
+                      lambda s: s.bounds.neg_elbo),
     'iwae': Score('importance-weighted bound on -log p(x) (nats only for binary pixels or a density of the pixels)',
-                  True, lambda s: s.bounds[1]),
+                  True, lambda s: s.bounds.neg_iwae),
     'code_gauss': Score('-log density of the code under a Gaussian fitted to the training codes', False,
                         lambda s: analysis.gaussian_nll(*s.codes), True),
     'code_knn': Score(f'mean distance to the {CODE_KNN_K} nearest training codes', False,

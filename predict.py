@@ -25,7 +25,6 @@ WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly
 OPT_IN = {'codes'}  # made only when --what names it: a file of every test image's code and reconstruction
 NEEDS_2D_CODE = {'boundary', 'manifold'}
 NEEDS_LABELS = {'boundary'}
-KNN_K = 5
 SHOWN_SEED = 0  # the seeded choice of the test images that the figures show
 IW_SAMPLES = 100  # --iw_samples of a VAE
 
@@ -164,15 +163,11 @@ class Report:
         return Scorer(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples,
                       self.args.batch_size)
 
-    @property
-    def all_scores(self):
-        """Per-image loss, its parts, sse and bce of every test image."""
-        return self.scorer.losses
-
-    def test_losses(self):
-        """The model's own losses per image over the test images of the classes trained on."""
-        scores = {name: value[self.known] for name, value in self.all_scores.items()}
-        return {name: value.mean().item() for name, value in analysis.own_losses(scores, self.model.has_prior).items()}
+    @cached_property
+    def losses(self):
+        """Per-image loss, its parts, sse and bce (analysis.image_scores) of the test images of the classes
+        trained on."""
+        return {name: value[self.known] for name, value in self.scorer.losses.items()}
 
     @property
     def train_codes(self):
@@ -240,9 +235,9 @@ class Report:
         grid = torch.stack([gx.flatten(), gy.flatten()], 1).to(self.train_codes.device)
         # 10,000 training codes draw the same regions as all of them, several times faster.
         some = torch.randperm(len(self.train_codes), device=grid.device)[:10000]
-        regions = analysis.knn_predict(self.train_codes[some], self.train_set[1][some], grid, KNN_K).view(n, n)
+        regions = analysis.knn_predict(self.train_codes[some], self.train_set[1][some], grid, analysis.KNN_K).view(n, n)
         fig = figures.decision_regions(regions, (x0, x1, y0, y1), self.test_codes, self.labels, self.class_names,
-                                       f'{self.subject}: decision regions of a {KNN_K}-NN classifier on the '
+                                       f'{self.subject}: decision regions of a {analysis.KNN_K}-NN classifier on the '
                                        f'training codes, test codes on top')
         return [self.save(fig, 'boundary.png')], {}
 
@@ -360,20 +355,16 @@ class Report:
         return [self.save(hist, 'anomaly_hist.png'), self.save(worst, 'anomalies.png')], measured
 
     def metrics(self):
-        scores = {name: value[self.known] for name, value in self.all_scores.items()}
         train_set, test_set = self.train_set, (self.images, self.labels)
         if not self.labelled:  # no classes for kNN to tell apart
             train_set, test_set = (train_set[0], None), (self.images, None)
-        m = {'n_test': len(self.images), **analysis.test_metrics(
-            self.model, train_set, test_set, (self.train_codes, self.test_codes), scores,
-            KNN_K, self.args.iw_samples,
-            sparse=bool(self.config.model.l1 or self.config.model.sparsity), noise=bool(self.config.model.noise),
-            batch_size=self.args.batch_size,
-            likelihood=self.model.likelihood.describe() if self.model.has_prior else None)}
-        print('\n' + metrics_table(m, KNN_K))
+        bounds = self.scorer.bounds.of(self.known) if self.model.has_prior else None
+        m = analysis.test_metrics(self.model, self.config.model, train_set, test_set,
+                                  (self.train_codes, self.test_codes), self.losses, bounds, self.args.batch_size)
+        print('\n' + metrics_table(m))
         for warning in below_baseline(m, self.mismatch):
             print(f'predict.py: {warning}', file=sys.stderr)
-        return [], m
+        return [], m.as_dict()
 
     def curves(self):
         loss = 'negative ELBO' if self.model.has_prior else 'reconstruction error'
@@ -382,30 +373,32 @@ class Report:
         return [self.save(fig, 'curves.png')], {}
 
 
-def metrics_table(m, knn_k):
-    """The metrics as the table that predict.py prints, the model beside PCA."""
-    recon = 'reconstruction at z = mu' if 'neg_elbo' in m else 'reconstruction'
-    rows = [(f'{recon}, squared error per image', 'sse_per_image', 'pca_sse_per_image', False),
-            (f'{recon}, cross-entropy per image', 'bce_per_image', 'pca_bce_per_image', False),
-            (f'{knn_k}-NN accuracy of the codes', 'knn_accuracy', 'pca_knn_accuracy', True),
-            ('  the same inside the training set, leave-one-out', 'train_knn_accuracy', 'pca_train_knn_accuracy', True)]
-    header = f'test set ({m["n_test"]} images)'
-    lines = [f'{header:<50} {"model":>10} {"PCA-" + str(m["pca_components"]):>10}  model against PCA']
-    lines += [f'{label:<50} {m[ours]:>10.4f} {m[baseline]:>10.4f}  {margin(m[ours], m[baseline], higher, m["n_test"])}'
-              for label, ours, baseline, higher in rows if ours in m]
-    nats = m.get('nats_of_log_px')
-    iwae = analysis.iwae_key(nats)
-    singles = [('noisy_sse_per_image', '  the same from noisy inputs', '.4f'),
-               ('code_near_zero', f'code activations with |z| < {analysis.NEAR_ZERO}', '.2%'),
-               ('neg_elbo', 'negative ELBO, nats per image' if nats else 'negative ELBO, as a cross-entropy', '.4f'),
-               ('kl', '  of which KL (one z per image)', '.4f'),
-               (iwae, f'{"-log p(x)" if nats else "cross-entropy"}, IWAE bound, {m.get("iwae_samples")} samples',
-                '.4f'),
-               (iwae + '_std_error', '  its standard error over the images', '.4f'),
-               ('active_units', 'active latent units', 'd')]
-    lines += [f'{label:<50} {m[key]:>10{spec}}' for key, label, spec in singles if key in m]
-    if 'likelihood' in m:
-        lines.append(f'likelihood: {m["likelihood"]}')
+def metrics_table(m):
+    """The metrics (analysis.Metrics) as the table that predict.py prints, the model beside PCA."""
+    vae = m.variational
+    recon = 'reconstruction at z = mu' if vae else 'reconstruction'
+    rows = [(f'{recon}, squared error per image', m.sse_per_image, m.pca_sse_per_image, False),
+            (f'{recon}, cross-entropy per image', m.bce_per_image, m.pca_bce_per_image, False),
+            (f'{analysis.KNN_K}-NN accuracy of the codes', m.knn_accuracy, m.pca_knn_accuracy, True),
+            ('  the same inside the training set, leave-one-out', m.train_knn_accuracy, m.pca_train_knn_accuracy,
+             True)]
+    header = f'test set ({m.n_test} images)'
+    lines = [f'{header:<50} {"model":>10} {"PCA-" + str(m.pca_components):>10}  model against PCA']
+    lines += [f'{label:<50} {ours:>10.4f} {baseline:>10.4f}  {margin(ours, baseline, higher, m.n_test)}'
+              for label, ours, baseline, higher in rows if ours is not None]
+    singles = [(m.noisy_sse_per_image, '  the same from noisy inputs', '.4f'),
+               (m.code_near_zero, f'code activations with |z| < {analysis.NEAR_ZERO}', '.2%')]
+    if vae:
+        what = 'nats per image' if vae.nats_of_log_px else 'as a cross-entropy'
+        singles += [(vae.neg_elbo, f'negative ELBO, {what}', '.4f'),
+                    (m.own_losses['kl'], '  of which KL (one z per image)', '.4f'),
+                    (vae.iwae, f'{"-log p(x)" if vae.nats_of_log_px else "cross-entropy"}, IWAE bound, '
+                               f'{vae.iwae_samples} samples', '.4f'),
+                    (vae.iwae_std_error, '  its standard error over the images', '.4f'),
+                    (vae.active_units, 'active latent units', 'd')]
+    lines += [f'{label:<50} {value:>10{spec}}' for value, label, spec in singles if value is not None]
+    if vae:
+        lines.append(f'likelihood: {vae.likelihood}')
     return '\n'.join(lines)
 
 
@@ -428,8 +421,8 @@ def margin(ours, baseline, higher_is_better, n_test):
 
 
 def below_baseline(m, mismatch=None):
-    """One line for each number of the metrics m in which the model does worse than PCA with as many
-    components, with what to try; when the images differ from the training images (mismatch), that
+    """One line for each number of the metrics m (analysis.Metrics) in which the model does worse than
+    PCA with as many components, with what to try; when the images differ from the training images (mismatch), that
     is the likely cause, not the training."""
     advice = ('the model may be under-trained: train longer (--n_epochs, or leave --n_epochs and --batch_size out '
               'so that train.py fits them to the data), or try --arch conv or a wider --btl_size')
@@ -437,24 +430,24 @@ def below_baseline(m, mismatch=None):
         advice = (f'the model was {mismatch}, and PCA is fitted on these images themselves: a model is judged on the '
                   f'data it was trained on')
     lines = []
-    if m['sse_per_image'] > m['pca_sse_per_image']:
-        lines.append(f'warning: the model reconstructs worse than PCA-{m["pca_components"]} (squared error '
-                     f'{m["sse_per_image"]:.4f} against {m["pca_sse_per_image"]:.4f} per image); {advice}')
-    if m.get('knn_accuracy', 1.) < m.get('pca_knn_accuracy', 0.):
+    if m.sse_per_image > m.pca_sse_per_image:
+        lines.append(f'warning: the model reconstructs worse than PCA-{m.pca_components} (squared error '
+                     f'{m.sse_per_image:.4f} against {m.pca_sse_per_image:.4f} per image); {advice}')
+    if m.knn_accuracy is not None and m.knn_accuracy < m.pca_knn_accuracy:
         # Codes that reconstruct better than PCA's are not under-trained: the loss asks for no classes,
         # and an encoder that keeps the training images' classes apart as well as PCA may not do so
         # for new images.
         if lines or mismatch:
             why = advice
-        elif m['train_knn_accuracy'] >= m['pca_train_knn_accuracy']:
+        elif m.train_knn_accuracy >= m.pca_train_knn_accuracy:
             why = (f'inside the training set they keep the classes apart as well as PCA\'s '
-                   f'({m["train_knn_accuracy"]:.4f} against {m["pca_train_knn_accuracy"]:.4f}, leave-one-out): the '
+                   f'({m.train_knn_accuracy:.4f} against {m.pca_train_knn_accuracy:.4f}, leave-one-out): the '
                    f'encoder does not carry that over to new images; more training images, or a wider --btl_size')
         else:
             why = ('the codes reconstruct better than PCA\'s, but a reconstruction loss does not ask them to keep the '
                    'classes apart; try a wider --btl_size')
-        lines.append(f'warning: the {KNN_K}-NN accuracy of the codes is below that of PCA-{m["pca_components"]}\'s '
-                     f'({m["knn_accuracy"]:.4f} against {m["pca_knn_accuracy"]:.4f}); {why}')
+        lines.append(f'warning: the {analysis.KNN_K}-NN accuracy of the codes is below that of '
+                     f'PCA-{m.pca_components}\'s ({m.knn_accuracy:.4f} against {m.pca_knn_accuracy:.4f}); {why}')
     return lines
 
 
@@ -549,7 +542,7 @@ def main(argv=None):
                'all classes' if labelled else 'no classes')
     print(f'{report.dataset} test set: {len(report.images)} images of {" x ".join(map(str, report.image_shape))} '
           f'({classes})')
-    print(f'test, per image: {format_losses(report.test_losses())}')
+    print(f'test, per image: {format_losses(analysis.mean_own_losses(report.losses, report.model.has_prior))}')
 
     written, measured = [], {'dataset': report.dataset, 'n_test': len(report.images)}
     for w in what:

@@ -160,3 +160,8 @@ def flag_values(argv):
         else:
             groups[flag].append(arg)
     return groups
+
+
+def is_share_of(share, n):
+    """Whether share is a share of n things: share * n a whole number, up to the rounding of a float."""
+    return abs(share * n - round(share * n)) < 1e-6 * n

@@ -11,13 +11,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkpoint import load_checkpoint
-from config import DEFAULTS, RunConfig, make_config
+from checkpoint import load_checkpoint, model_from_checkpoint
+from config import DEFAULTS, USED_ONLY_IF, RunConfig, make_config, refusal
 from data_loader import DataError, idx_bytes, read_idx
 from distributions import LIKELIHOODS, PRIORS
 from helpers import make_images
-from checkpoint import model_from_checkpoint
-from config import USED_ONLY_IF, refusal
 from model import ACTIVATIONS, BN_EPS, build_model
 from trainer import forward_precision
 from utils import CliError
