@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from data_loader import to_input
-from utils import EVAL_SEED, keep_freed_memory, progress_bar, seeded
+from utils import EVAL_BATCH_SIZE, EVAL_SEED, keep_freed_memory, progress_bar, seeded
 
 EPS = 1e-6  # keeps BCE finite for outputs at (or, for an MSE model, beyond) 0 and 1
 NEAR_ZERO = .01  # a code activation this close to 0 counts as off, for sparse codes
@@ -19,11 +19,12 @@ MAX_DECODED_ROWS = {'cpu': 2048, 'cuda': 32768}
 # The training-set kNN accuracy (leave-one-out) classifies at most this many training codes, each
 # against all of them: within about 0.006 (the binomial standard error) of the accuracy over all of them.
 LEAVE_ONE_OUT_QUERIES = 5_000
+IW_SAMPLES = 100  # a VAE's importance samples per image for -log p(x), unless --iw_samples says otherwise
 KNN_K = 5  # the neighbours of the kNN classifier of codes, in metrics.json and the decision regions
 
 
 @torch.no_grad()
-def encode_all(model, images, batch_size=1024, features=False):
+def encode_all(model, images, batch_size=EVAL_BATCH_SIZE, features=False):
     """Codes of all images (uint8, on the model's device), in eval mode; with features, the
     encoder's last hidden features instead."""
     model.eval()
@@ -41,7 +42,7 @@ def reconstruction_errors(x_hat, x):
 
 
 @torch.no_grad()
-def image_scores(model, images, batch_size=1024):
+def image_scores(model, images, batch_size=EVAL_BATCH_SIZE):
     """Per-image tensors: the model's loss and its parts (a VAE's with codes drawn from
     EVAL_SEED, as in validation), and the sse and bce of its reconstruction."""
     model.eval()
@@ -56,7 +57,7 @@ def image_scores(model, images, batch_size=1024):
     return {name: torch.cat(values) for name, values in scores.items()}
 
 
-def knn_predict(train_codes, train_labels, query_codes, k=5, chunk=1024, query_rows=None):
+def knn_predict(train_codes, train_labels, query_codes, k=KNN_K, chunk=1024, query_rows=None):
     """Majority label of the k nearest training codes (Euclidean) of each query code; a tie
     goes to the smallest label. query_rows: for queries that are training codes, their rows in
     train_codes, each left out of its own neighbours."""
@@ -302,7 +303,7 @@ class Metrics:
         return {**flat, **(self.variational.as_dict() if self.variational else {})}
 
 
-def test_metrics(model, model_config, train_set, test_set, codes, losses, bounds=None, batch_size=1024):
+def test_metrics(model, model_config, train_set, test_set, codes, losses, bounds=None, batch_size=EVAL_BATCH_SIZE):
     """Every number of predict.py's metrics table for one model (Metrics): its own losses, its
     reconstruction errors, kNN on its codes, the same for PCA with as many components, and what
     applies to this model (a VAE's bounds and active units, a sparse code's near-zero share, a
@@ -338,7 +339,7 @@ def test_metrics(model, model_config, train_set, test_set, codes, losses, bounds
 
 
 @torch.no_grad()
-def noisy_errors(model, images, batch_size=1024):
+def noisy_errors(model, images, batch_size=EVAL_BATCH_SIZE):
     """Per image: the squared error of the reconstruction of a corrupted copy (the training
     noise), against the clean image."""
     model.eval()

@@ -8,7 +8,7 @@ import torch
 
 import analysis
 from data_loader import to_input
-from utils import CliError
+from utils import EVAL_BATCH_SIZE, CliError
 
 CODE_KNN_K = 5
 # feature_gauss: the share of the features' mean variance added to each variance. Of 0.01 to 3, it
@@ -25,7 +25,8 @@ class Scorer:
     and oneclass.py read them here. The training images are loaded by load_train_images only for what
     compares with them, so that what needs the model alone works on a data set of test images only."""
 
-    def __init__(self, model, load_train_images, test_images, iw_samples=100, batch_size=1024):
+    def __init__(self, model, load_train_images, test_images, iw_samples=analysis.IW_SAMPLES,
+                 batch_size=EVAL_BATCH_SIZE):
         self.model, self.load_train_images, self.test_images = model, load_train_images, test_images
         self.iw_samples, self.batch_size = iw_samples, batch_size
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from config import ONECLASS_RECIPE, RECIPES, Recipe, make_config
+from config import DEFAULTS, ONECLASS_RECIPE, RECIPES, Recipe, make_config
 import analysis
 import data_loader
 from data_loader import (DataError, binarize_once, load_dataset, split_train_valid, to_input, write_idx,
@@ -36,8 +36,8 @@ from flags import LOG_DEFAULTS, as_flags
 from model import build_model
 from runlog import CSV_NAME, RunLog
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
-from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, child_processes, get_device, int_at_least,
-                   print_rows, run_cli, run_sibling, set_seed, set_threads)
+from utils import (EVAL_BATCH_SIZE, ArgumentParser, add_gpu_flag, add_threads_flag, child_processes, get_device,
+                   int_at_least, print_rows, run_cli, run_sibling, set_seed, set_threads)
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
 # 784-400-20, Linear + ReLU, no normalisation.
@@ -72,7 +72,8 @@ def define_argparser():
     p.add_argument('--compile', action='store_true',
                    help='the loss compiled, as train.py --compile: the Trainer times the compiled loss, its first '
                         '(compiling) epoch left out as always')
-    p.add_argument('--data_dir', default='./data', help='where to look for Fashion-MNIST (default: %(default)s)')
+    p.add_argument('--data_dir', default=DEFAULTS['data_dir'],
+                   help='where to look for Fashion-MNIST (default: %(default)s)')
     p.add_argument('--shared_data_mb', type=int_at_least(1), default=500,
                    help='the size of the folder cache on which the memory of 1 and 2 ranks is measured '
                         '(default: %(default)s)')
@@ -212,7 +213,7 @@ def time_dataloader(config, images, batch_size, n_epochs, device, amp):
     return float(statistics.median(times[1:]))
 
 
-def inference_throughput(model, images, device, batch_size=1024, min_seconds=1.):
+def inference_throughput(model, images, device, batch_size=EVAL_BATCH_SIZE, min_seconds=1.):
     """Images per second through encode + decode, as predict.py runs them."""
     model.eval()
     x_all = images[:10000].to(device).reshape(-1, 784).float().div(255)

@@ -53,7 +53,7 @@ def define_argparser():
                        allow_abbrev=False,
                        epilog='Any other flag is passed to train.py (e.g. --btl_size 32 --n_epochs 40 --arch conv).')
     p.add_argument('--dataset', choices=list(DATASETS), default='fashion_mnist', help='(default: %(default)s)')
-    p.add_argument('--data_dir', default='./data',
+    p.add_argument('--data_dir', default=DEFAULTS['data_dir'],
                    help='the IDX files, or for --dataset folder the class folders of images (default: %(default)s)')
     p.add_argument('--classes', nargs='+', default=None,
                    help='the normal classes to run, by index or name, one model each (default: every class of the '
@@ -65,7 +65,7 @@ def define_argparser():
     p.add_argument('--scores', nargs='+', choices=list(SCORES), default=None,
                    help='anomaly scores to measure (default: all that the model gives: '
                         + '; '.join(f'{name}: {score.description}' for name, score in SCORES.items()) + ')')
-    p.add_argument('--iw_samples', type=int_at_least(1), default=100,
+    p.add_argument('--iw_samples', type=int_at_least(1), default=analysis.IW_SAMPLES,
                    help='VAE: samples per image for neg_elbo and iwae (default: %(default)s)')
     p.add_argument('--out_dir', default='oneclass',
                    help='where the checkpoints, oneclass.json and oneclass.png go (default: %(default)s)')

@@ -18,15 +18,14 @@ from checkpoint import check_writable, load_model
 from data_loader import DATASETS, DataError, class_indices, class_names, eval_images, run_images, test_files, to_input
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
-from utils import (EVAL_SEED, ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least,
-                   make_out_dir, run_cli, seeded, set_seed, set_threads)
+from utils import (EVAL_BATCH_SIZE, EVAL_SEED, ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device,
+                   int_at_least, make_out_dir, run_cli, seeded, set_seed, set_threads)
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves', 'codes']
 OPT_IN = {'codes'}  # made only when --what names it: a file of every test image's code and reconstruction
 NEEDS_2D_CODE = {'boundary', 'manifold'}
 NEEDS_LABELS = {'boundary'}
 SHOWN_SEED = 0  # the seeded choice of the test images that the figures show
-IW_SAMPLES = 100  # --iw_samples of a VAE
 
 
 def define_argparser():
@@ -51,7 +50,7 @@ def define_argparser():
     p.add_argument('--dataset', choices=list(DATASETS), default=None,
                    help='evaluate on this data set instead of the one the model was trained on')
     p.add_argument('--data_dir', default=None, help='read the data from here instead of the saved --data_dir')
-    p.add_argument('--batch_size', type=int_at_least(1), default=1024, help='(default: %(default)s)')
+    p.add_argument('--batch_size', type=int_at_least(1), default=EVAL_BATCH_SIZE, help='(default: %(default)s)')
     p.add_argument('--n_images', type=int_at_least(1), default=10,
                    help='test images in the reconstruction figure (default: %(default)s)')
     g = p.add_mutually_exclusive_group()
@@ -69,7 +68,7 @@ def define_argparser():
     p.add_argument('--iw_samples', type=int_at_least(1), default=None,
                    help='VAE: samples per image for the importance-weighted bound on -log p(x) (nats of -log p(x) '
                         'only for binary pixels or a density of the pixels; for grayscale pixels under a Bernoulli, a '
-                        f'cross-entropy) (default: {IW_SAMPLES})')
+                        f'cross-entropy) (default: {analysis.IW_SAMPLES})')
     p.add_argument('--anomaly_score', choices=list(SCORES), default=None,
                    help='--what anomaly: the score of each test image, as oneclass.py scores it (default: neg_elbo '
                         'for a VAE, recon for an AutoEncoder): ' +
@@ -479,7 +478,7 @@ def check_model_flags(args, model):
         if args.iw_samples is not None:
             raise CliError('--iw_samples: sets the importance samples of a VAE\'s -log p(x); this model is an '
                            'AutoEncoder')
-    args.iw_samples = args.iw_samples or IW_SAMPLES
+    args.iw_samples = args.iw_samples or analysis.IW_SAMPLES
 
 
 def needs_train_set(w, report):

@@ -13,7 +13,7 @@ import json
 import os
 
 from checkpoint import load_checkpoint
-from config import RECIPES, RunOptions, make_config
+from config import DEFAULTS, RECIPES, RunOptions, make_config
 from flags import as_flags
 from pipeline import train_or_reuse
 from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir, print_rows,
@@ -49,7 +49,8 @@ def define_argparser():
     add_threads_flag(p)
     p.add_argument('--amp', action='store_true', help='train every recipe with --amp (bf16 autocast)')
     p.add_argument('--compile', action='store_true', help='train every recipe with --compile')
-    p.add_argument('--data_dir', default='./data', help='passed to train.py and predict.py (default: %(default)s)')
+    p.add_argument('--data_dir', default=DEFAULTS['data_dir'],
+                   help='passed to train.py and predict.py (default: %(default)s)')
     return p
 
 

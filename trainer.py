@@ -7,11 +7,7 @@ import torch
 
 from data_loader import binary_input, to_input
 from distributed import Ranks
-from utils import EVAL_SEED, progress_bar, seeded
-
-# Validation has no backward pass to hold memory for; larger batches use the matrix products
-# better (docs/performance.md).
-VALID_BATCH_SIZE = 1024
+from utils import EVAL_BATCH_SIZE, EVAL_SEED, progress_bar, seeded
 
 
 AMP_DTYPE = torch.bfloat16  # train.py --amp: no loss scaling needed, unlike float16
@@ -178,7 +174,7 @@ def validate(model, images, indices=None, amp=False, loss_fn=None, ranks=Ranks()
     every epoch, and the training's random numbers left as they were, so that a resumed run takes
     the same steps as an uninterrupted one."""
     with seeded(EVAL_SEED, images.device):
-        return run_epoch(model, images, VALID_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn, ranks=ranks)
+        return run_epoch(model, images, EVAL_BATCH_SIZE, indices, amp=amp, loss_fn=loss_fn, ranks=ranks)
 
 
 def format_losses(losses):

@@ -5,7 +5,8 @@ import torch.nn as nn
 from config import make_config
 from helpers import SMALL_AE, ScalarModel, make_images
 from model import build_model
-from trainer import VALID_BATCH_SIZE, Trainer, WeightAverage, compiled, run_epoch
+from trainer import Trainer, WeightAverage, compiled, run_epoch
+from utils import EVAL_BATCH_SIZE
 
 
 class ScriptedOptimizer(torch.optim.SGD):
@@ -73,11 +74,11 @@ def test_validation_runs_in_large_batches_whatever_the_training_batch_size():
             return super().loss(x)
 
     model = BatchSizes()
-    images = torch.zeros(VALID_BATCH_SIZE + 8, 1, 1, dtype=torch.uint8)
+    images = torch.zeros(EVAL_BATCH_SIZE + 8, 1, 1, dtype=torch.uint8)
     train_idx, valid_idx = torch.arange(8), torch.arange(8, len(images))
     Trainer(model, torch.optim.SGD(model.parameters(), lr=.1), verbose=0).train(images, train_idx, valid_idx,
                                                                                 n_epochs=1, batch_size=4)
-    assert model.seen == {True: {4}, False: {VALID_BATCH_SIZE}}
+    assert model.seen == {True: {4}, False: {EVAL_BATCH_SIZE}}
 
 
 def test_training_lowers_the_loss_of_a_real_model():
