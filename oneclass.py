@@ -168,12 +168,13 @@ def main(argv=None):
     bar = progress_bar(classes, desc='classes', unit='class')
     for c in bar:
         bar.set_postfix_str(f'training {names[c]}')
-        model_fn = train_or_reuse(*configs[c], device)
+        how = train_or_reuse(*configs[c], device)
         bar.set_postfix_str(f'scoring {names[c]}')
         set_seed(0)  # the IWAE draws
+        model_fn = configs[c][1].model_fn
         per_class[c] = class_aurocs(model_fn, c, scores, args.iw_samples, device)
         if bar.disable:  # no bar off a terminal: a line per class instead, for a log
-            print(f'class {c} {names[c]}: ROC AUC, % ' +
+            print(f'class {c} {names[c]} ({how} {model_fn}): ROC AUC, % ' +
                   ', '.join(f'{name} {100 * auroc:.1f}' for name, auroc in per_class[c].items()), flush=True)
     bar.close()
 

@@ -174,25 +174,26 @@ def train_or_reuse(config, options, given, device=torch.device('cpu'), on_resume
     trained with the same config is reused when finished and resumed when interrupted (after
     on_resume(checkpoint), when given); one trained with another config is refused, naming the first
     flag that differs, unless options.overwrite, which trains it again. given: the names of the flags
-    set for this run, the others take their defaults."""
+    set for this run, the others take their defaults. Returns what was done: 'reused', 'resumed' or
+    'trained'."""
     model_fn = options.model_fn
     if os.path.exists(model_fn):
         checkpoint = load_checkpoint(model_fn)
         differing = first_difference(checkpoint['config'], config, given)
         if differing is None:
             if is_finished(checkpoint):
-                return model_fn
+                return 'reused'
             if on_resume is not None:
                 on_resume(checkpoint)
             # resumed with the run's own config, where the data are and how fast it runs from this one
             train(config, options._replace(resume=True, overwrite=False), given & REUSE_IGNORES, device=device)
-            return model_fn
+            return 'resumed'
         if not options.overwrite:
             name, saved, asked = differing
             raise CliError(f'{model_fn} was trained with --{name} {saved} where this run gives --{name} {asked}; '
                            f'give --overwrite to train it again (nothing was changed)')
     train(config, options._replace(resume=False, overwrite=True), given, device=device)
-    return model_fn
+    return 'trained'
 
 
 def first_difference(saved, config, given):

@@ -77,7 +77,9 @@ def train_recipe(name, config, options, given, device):
         print(f'{name}: {len(done["history"])} of {done["config"].training.n_epochs} epochs trained in '
               f'{options.model_fn}; going on from there', flush=True)
 
-    train_or_reuse(config, options, given, device, on_resume=say_how_far)
+    if train_or_reuse(config, options, given, device, on_resume=say_how_far) == 'reused':
+        print(f'{name}: {options.model_fn} holds the finished run of these flags; evaluated as it is '
+              f'(--overwrite trains it again)', flush=True)
     return sum(epoch['seconds'] for epoch in load_checkpoint(options.model_fn)['history'])
 
 

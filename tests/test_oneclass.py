@@ -72,13 +72,16 @@ def test_the_protocol_writes_its_table_json_and_figure_and_a_second_run_reuses_t
     printed = capsys.readouterr().out
     assert 'mean' in printed and f'wrote {out_dir / "oneclass.png"}' in printed
     assert printed.splitlines()[2].startswith('ROC AUC, %')  # the table's unit, after a line per class
-    assert [line.split(':')[0] for line in printed.splitlines()[:2]] == ['class 0 T-shirt/top', 'class 3 Dress']
+    assert [line.split(' (')[0] for line in printed.splitlines()[:2]] == ['class 0 T-shirt/top', 'class 3 Dress']
+    assert all(f'(trained {out_dir / f"class_{c}.pth"}):' in line for c, line in zip((0, 3), printed.splitlines()))
     assert (out_dir / 'oneclass.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     trained = {c: (out_dir / f'class_{c}.pth').read_bytes() for c in (0, 3)}
     argv = ['--data_dir', fashion_dir, '--out_dir', str(out_dir), *FAST, '--classes', '0', '3']
     expect_usage_error(oneclass.main, 'oneclass.py', argv, capsys, 'oneclass.json exists; give --overwrite')
     again = run(fashion_dir, out_dir, '--classes', '0', '3', '--overwrite')
     assert again['per_class'] == summary['per_class']
+    assert all(f'(reused {out_dir / f"class_{c}.pth"}):' in line
+               for c, line in zip((0, 3), capsys.readouterr().out.splitlines()))
     assert all((out_dir / f'class_{c}.pth').read_bytes() == trained[c] for c in (0, 3))
     # one log per class under the one folder, which `tensorboard --logdir out` shows together
     for c in (0, 3):

@@ -142,5 +142,6 @@ def test_a_recipe_goes_on_where_its_checkpoint_stopped_and_refuses_changed_flags
     assert results['ae30']['train_seconds'] == pytest.approx(sum(h['seconds'] for h in resumed['history']))
     # Run again, the finished recipe is reused as it is, and evaluated afresh.
     recipes.main(common)
+    assert f'ae30: {recipes_dir / "ae30.pth"} holds the finished run of these flags' in capsys.readouterr().out
     again = torch.load(recipes_dir / 'ae30.pth', weights_only=True)
     assert again['history'] == resumed['history']
