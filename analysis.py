@@ -3,6 +3,7 @@ per-image errors, kNN, ROC AUC, a PCA baseline, the importance-weighted bound, a
 metrics that predict.py writes to metrics.json."""
 import math
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import NamedTuple, Optional
 
 import torch
@@ -254,6 +255,51 @@ class Bounds(NamedTuple):
     def of(self, keep):
         """The bounds of the images that the bool mask keep selects."""
         return Bounds(self.neg_elbo[keep], self.neg_iwae[keep], self.n_samples)
+
+
+class Evaluation:
+    """One model on its test images and training images (uint8, on the model's device): every per-image
+    quantity computed once, when a metric, a score or a figure first needs it: the model's own losses,
+    its variational bounds, its codes and its last hidden features. predict.py and oneclass.py read
+    them here. The training images are loaded by load_train_images only for what compares with them,
+    so that what needs the model alone works on a data set of test images only."""
+
+    def __init__(self, model, load_train_images, test_images, iw_samples=IW_SAMPLES, batch_size=EVAL_BATCH_SIZE):
+        self.model, self.load_train_images, self.test_images = model, load_train_images, test_images
+        self.iw_samples, self.batch_size = iw_samples, batch_size
+
+    @cached_property
+    def train_images(self):
+        return self.load_train_images()
+
+    @cached_property
+    def losses(self):
+        """Per test image: the model's loss and its parts, sse and bce (image_scores)."""
+        return image_scores(self.model, self.test_images, self.batch_size)
+
+    @cached_property
+    def bounds(self):
+        """Per test image: the negative ELBO and the importance-weighted -log p(x) bound."""
+        return Bounds(*variational_bounds(self.model, self.test_images, self.iw_samples, progress=True),
+                      self.iw_samples)
+
+    @cached_property
+    def train_codes(self):
+        return encode_all(self.model, self.train_images, self.batch_size)
+
+    @cached_property
+    def test_codes(self):
+        return encode_all(self.model, self.test_images, self.batch_size)
+
+    @property
+    def codes(self):
+        return self.train_codes, self.test_codes
+
+    @cached_property
+    def features(self):
+        """The encoder's last hidden features of the training and of the test images."""
+        return tuple(encode_all(self.model, images, self.batch_size, features=True)
+                     for images in (self.train_images, self.test_images))
 
 
 @dataclass(frozen=True)

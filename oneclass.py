@@ -18,7 +18,7 @@ import torch
 
 import analysis
 import figures
-from anomaly import BASELINES, SCORES, Scorer
+from anomaly import BASELINES, SCORES, compute_score
 from checkpoint import load_model
 from config import DEFAULTS, ONECLASS_RECIPE
 from data_loader import DATASETS, class_indices, class_names, eval_images, run_images
@@ -125,8 +125,10 @@ def class_aurocs(model_fn, normal, scores, iw_samples, device):
     config = checkpoint['config']
     data = run_images(config)
     test_images, test_labels = (t.to(device) for t in run_images(config, train=False))
-    scorer = Scorer(model, lambda: eval_images(config, data.images, data.train).to(device), test_images, iw_samples)
-    return {name: analysis.roc_auc(scorer.score(name), test_labels != normal) for name in [*scores, *BASELINES]}
+    evaluation = analysis.Evaluation(model, lambda: eval_images(config, data.images, data.train).to(device),
+                                     test_images, iw_samples)
+    return {name: analysis.roc_auc(compute_score(evaluation, name), test_labels != normal)
+            for name in [*scores, *BASELINES]}
 
 
 def results_table(per_class, class_names):

@@ -12,7 +12,7 @@ import torch
 from torch.distributions import Normal
 
 import analysis
-from anomaly import SCORES, Scorer, scores_of
+from anomaly import SCORES, compute_score, scores_of
 import figures
 from checkpoint import check_writable, load_model
 from data_loader import DATASETS, DataError, class_indices, class_names, eval_images, run_images, test_files, to_input
@@ -157,25 +157,25 @@ class Report:
         return images.to(self.images.device), data.labels[data.train].to(self.images.device)
 
     @cached_property
-    def scorer(self):
-        """The evaluation of every test image (anomaly.Scorer): each per-image quantity computed once."""
-        return Scorer(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples,
+    def evaluation(self):
+        """The evaluation of every test image (analysis.Evaluation): each per-image quantity computed once."""
+        return analysis.Evaluation(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples,
                       self.args.batch_size)
 
     @cached_property
     def losses(self):
         """Per-image loss, its parts, sse and bce (analysis.image_scores) of the test images of the classes
         trained on."""
-        return {name: value[self.known] for name, value in self.scorer.losses.items()}
+        return {name: value[self.known] for name, value in self.evaluation.losses.items()}
 
     @property
     def train_codes(self):
-        return self.scorer.train_codes
+        return self.evaluation.train_codes
 
     @cached_property
     def test_codes(self):
         """The codes of the test images of the classes trained on."""
-        return self.scorer.test_codes[self.known]
+        return self.evaluation.test_codes[self.known]
 
     @cached_property
     def code_range(self):
@@ -331,7 +331,7 @@ class Report:
 
     def anomaly(self):
         name = self.anomaly_score_name
-        score = self.scorer.score(name).cpu()
+        score = compute_score(self.evaluation, name).cpu()
         labels = self.all_labels.cpu()
         what = f'{name}: {SCORES[name].description}'
         print(f'anomaly score: {what}')
@@ -357,7 +357,7 @@ class Report:
         train_set, test_set = self.train_set, (self.images, self.labels)
         if not self.labelled:  # no classes for kNN to tell apart
             train_set, test_set = (train_set[0], None), (self.images, None)
-        bounds = self.scorer.bounds.of(self.known) if self.model.has_prior else None
+        bounds = self.evaluation.bounds.of(self.known) if self.model.has_prior else None
         m = analysis.test_metrics(self.model, self.config.model, train_set, test_set,
                                   (self.train_codes, self.test_codes), self.losses, bounds, self.args.batch_size)
         print('\n' + metrics_table(m))
