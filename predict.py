@@ -407,43 +407,52 @@ def metrics_table(m):
 SEED_SPREAD, SMALL_TEST_SET, SMALL_SEED_SPREAD = .03, 1000, .10
 
 
+def seed_spread(n_test):
+    return SMALL_SEED_SPREAD if n_test < SMALL_TEST_SET else SEED_SPREAD
+
+
+def verdict(ours, baseline, higher_is_better, n_test):
+    """'better' or 'worse' where the model's number differs from PCA's by more than the seed-to-seed
+    spread of the same command; None within it, which says nothing either way."""
+    if not baseline or abs(ours / baseline - 1) <= seed_spread(n_test):
+        return None
+    return 'better' if (ours > baseline) == higher_is_better else 'worse'
+
+
 def margin(ours, baseline, higher_is_better, n_test):
-    """The model's number against PCA's as a relative difference, and whether it is a gain: a margin
-    within the seed-to-seed spread of the same command says nothing either way."""
+    """The model's number against PCA's as a relative difference, and its verdict."""
     if not baseline:
         return ''
-    relative = ours / baseline - 1
-    spread = SMALL_SEED_SPREAD if n_test < SMALL_TEST_SET else SEED_SPREAD
-    if abs(relative) <= spread:
-        return f'{relative:+.1%}, within the seed-to-seed spread ({spread:.0%})'
-    return f'{relative:+.1%}, {"better" if (relative > 0) == higher_is_better else "worse"}'
+    said = verdict(ours, baseline, higher_is_better, n_test)
+    return f'{ours / baseline - 1:+.1%}, {said or f"within the seed-to-seed spread ({seed_spread(n_test):.0%})"}'
 
 
 def below_baseline(m, mismatch=None):
     """One line for each number of the metrics m (analysis.Metrics) in which the model does worse than
-    PCA with as many components, with what to try; when the images differ from the training images (mismatch), that
-    is the likely cause, not the training."""
+    PCA with as many components, by more than the seed-to-seed spread (the table's verdict), with what
+    to try; when the images differ from the training images (mismatch), that is the likely cause, not
+    the training."""
     advice = ('the model may be under-trained: train longer (--n_epochs, or leave --n_epochs and --batch_size out '
               'so that train.py fits them to the data), or try --arch conv or a wider --btl_size')
     if mismatch:
         advice = (f'the model was {mismatch}, and PCA is fitted on these images themselves: a model is judged on the '
                   f'data it was trained on')
     lines = []
-    if m.sse_per_image > m.pca_sse_per_image:
+    if verdict(m.sse_per_image, m.pca_sse_per_image, False, m.n_test) == 'worse':
         lines.append(f'warning: the model reconstructs worse than PCA-{m.pca_components} (squared error '
                      f'{m.sse_per_image:.4f} against {m.pca_sse_per_image:.4f} per image); {advice}')
-    if m.knn_accuracy is not None and m.knn_accuracy < m.pca_knn_accuracy:
+    if m.knn_accuracy is not None and verdict(m.knn_accuracy, m.pca_knn_accuracy, True, m.n_test) == 'worse':
         # Codes that reconstruct better than PCA's are not under-trained: the loss asks for no classes,
         # and an encoder that keeps the training images' classes apart as well as PCA may not do so
         # for new images.
         if lines or mismatch:
             why = advice
-        elif m.train_knn_accuracy >= m.pca_train_knn_accuracy:
+        elif verdict(m.train_knn_accuracy, m.pca_train_knn_accuracy, True, m.n_test) != 'worse':
             why = (f'inside the training set they keep the classes apart as well as PCA\'s '
                    f'({m.train_knn_accuracy:.4f} against {m.pca_train_knn_accuracy:.4f}, leave-one-out): the '
                    f'encoder does not carry that over to new images; more training images, or a wider --btl_size')
         else:
-            why = ('the codes reconstruct better than PCA\'s, but a reconstruction loss does not ask them to keep the '
+            why = ('the codes reconstruct as well as PCA\'s, but a reconstruction loss does not ask them to keep the '
                    'classes apart; try a wider --btl_size')
         lines.append(f'warning: the {analysis.KNN_K}-NN accuracy of the codes is below that of '
                      f'PCA-{m.pca_components}\'s ({m.knn_accuracy:.4f} against {m.pca_knn_accuracy:.4f}); {why}')

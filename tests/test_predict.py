@@ -129,9 +129,10 @@ def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_
     capsys.readouterr()
     metrics = run_predict(model_fn, tmp_path / 'out', '--what', 'metrics')
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith('predict.py: warning')]
-    assert metrics['sse_per_image'] > metrics['pca_sse_per_image']
+    assert metrics['sse_per_image'] > metrics['pca_sse_per_image'] * 1.1  # beyond the spread of a small test set
     assert any('reconstructs worse than PCA-3' in line and '--n_epochs' in line for line in err)
-    worse_codes = metrics['knn_accuracy'] < metrics['pca_knn_accuracy']
+    knn = metrics['knn_accuracy'], metrics['pca_knn_accuracy']
+    worse_codes = predict.verdict(*knn, True, metrics['n_test']) == 'worse'
     assert any('5-NN accuracy of the codes is below' in line for line in err) is worse_codes
     assert len(err) == 1 + worse_codes
 
@@ -139,17 +140,21 @@ def test_a_model_worse_than_pca_is_told_so_in_one_line_per_number(data_dir, tmp_
 def test_below_baseline_says_nothing_of_a_model_that_beats_pca_and_names_the_likely_cause():
     m = analysis.Metrics(n_test=100, own_losses={'recon': 1.}, sse_per_image=1., bce_per_image=90.,
                          pca_components=2, pca_sse_per_image=2., pca_bce_per_image=95., knn_accuracy=.9,
-                         pca_knn_accuracy=.8, train_knn_accuracy=.8, pca_train_knn_accuracy=.85)
+                         pca_knn_accuracy=.8, train_knn_accuracy=.7, pca_train_knn_accuracy=.85)
     assert predict.below_baseline(m) == []
+    # worse, but within the seed-to-seed spread of 100 test images (10%): the table says nothing, nor do the warnings
+    assert predict.below_baseline(replace(m, sse_per_image=2.1, knn_accuracy=.75)) == []
     both = predict.below_baseline(replace(m, sse_per_image=3., knn_accuracy=.7))
     assert len(both) == 2 and all('under-trained' in line for line in both)
-    # codes that reconstruct better than PCA's are not called under-trained
+    # codes that reconstruct as well as PCA's are not called under-trained
     codes_only, = predict.below_baseline(replace(m, knn_accuracy=.7))
-    assert 'under-trained' not in codes_only and 'reconstruct better than PCA' in codes_only
+    assert 'under-trained' not in codes_only and 'reconstruct as well as PCA' in codes_only
     # ... and codes that keep the training images' classes apart as well as PCA's, only not the test images'
     new_images_only, = predict.below_baseline(replace(m, knn_accuracy=.7, train_knn_accuracy=.85))
     assert 'under-trained' not in new_images_only
     assert '(0.8500 against 0.8500, leave-one-out)' in new_images_only and 'more training images' in new_images_only
+    assert 'keep the classes apart as well' in predict.below_baseline(replace(m, knn_accuracy=.7,
+                                                                              train_knn_accuracy=.8))[0]
     # unlabelled data: no kNN, nothing to say of it
     assert predict.below_baseline(replace(m, knn_accuracy=None, pca_knn_accuracy=None)) == []
     # images other than those the model was trained on: that is said, not the training blamed
