@@ -36,7 +36,7 @@ from flags import LOG_DEFAULTS, as_flags
 from model import build_model
 from runlog import CSV_NAME, RunLog
 from trainer import AMP_DTYPE, Trainer, WeightAverage, build_optimizer, forward_precision, run_epoch
-from utils import (EVAL_BATCH_SIZE, ArgumentParser, add_gpu_flag, add_threads_flag, child_processes, get_device,
+from utils import (EVAL_BATCH_SIZE, ArgumentParser, add_device_flags, child_processes, get_device,
                    int_at_least, print_rows, run_cli, run_sibling, set_seed, set_threads)
 
 # The default AutoEncoder with a 2-d code, and the classic VAE of pytorch/examples:
@@ -60,8 +60,7 @@ RECIPE_STEPS = {'binarized_vae_fast': RECIPES['binarized_vae_fast'],
 
 def define_argparser():
     p = ArgumentParser(prog='bench.py', description=__doc__.strip().splitlines()[0])
-    add_gpu_flag(p)
-    add_threads_flag(p)
+    add_device_flags(p)
     p.add_argument('--n_epochs', type=int_at_least(2), default=4,
                    help='epochs per timing; the first is warm-up and not counted (default: %(default)s)')
     p.add_argument('--batch_size', type=int_at_least(2), default=256, help='(default: %(default)s)')

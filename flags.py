@@ -9,7 +9,7 @@ from config import DEFAULTS, MIN_BATCHES_PER_EPOCH, MIN_FITTED_BATCH, RunConfig,
 from data_loader import BINARIZE_SEED, DATASETS
 from distributions import DEFAULT_LIKELIHOOD, REGISTRIES, part_options
 from model import ACTIVATIONS, ARCHITECTURES
-from utils import ArgumentParser, add_gpu_flag, add_threads_flag, default_to_none, float_in, int_at_least
+from utils import ArgumentParser, add_device_flags, default_to_none, float_in, int_at_least
 
 # The log's flags default to None, so that one given with --no_log is refused; RunOptions has their defaults.
 LOG_DEFAULTS = {name: RunOptions._field_defaults[name] for name in ('log_every_n_steps', 'log_images_every')}
@@ -179,8 +179,7 @@ def define_argparser(prog='train.py'):
                        epilog='Under torchrun (torchrun --nproc_per_node N train.py ...) the same flags train one '
                               'model on N processes; --gpu_id -1 runs them on CPUs, --gpu_id G on GPUs G to G + N - 1.')
     p.add_argument('--model_fn', required=True, help='where to save the checkpoint, e.g. ae.pth')
-    add_gpu_flag(p)
-    add_threads_flag(p)
+    add_device_flags(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument('--resume', action='store_true',
                    help=f'continue the run saved in --model_fn with its saved flags (and its log); besides --gpu_id, '

@@ -25,7 +25,7 @@ from data_loader import DATASETS, class_indices, class_names, eval_images, run_i
 import flags
 from flags import as_flags
 from pipeline import train_or_reuse
-from utils import (ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir,
+from utils import (ArgumentParser, CliError, add_device_flags, get_device, int_at_least, make_out_dir,
                    progress_bar, run_cli, set_seed, set_threads)
 
 # train.py's flags for every class, before the user's own: the recipe of docs/results.md, "One-class
@@ -73,8 +73,7 @@ def define_argparser():
                    help='replace the oneclass.json and oneclass.png in --out_dir, and retrain a class whose checkpoint '
                         'there was trained with other flags (one trained with the same flags is reused: it would '
                         'train the same)')
-    add_gpu_flag(p)
-    add_threads_flag(p)
+    add_device_flags(p)
     return p
 
 

@@ -18,7 +18,7 @@ from checkpoint import check_writable, load_model
 from data_loader import DATASETS, DataError, class_indices, class_names, eval_images, run_images, test_files, to_input
 from runlog import add_test_metrics, default_log_dir
 from trainer import format_losses
-from utils import (EVAL_BATCH_SIZE, EVAL_SEED, ArgumentParser, CliError, add_gpu_flag, add_threads_flag, get_device,
+from utils import (EVAL_BATCH_SIZE, EVAL_SEED, ArgumentParser, CliError, add_device_flags, get_device,
                    int_at_least, make_out_dir, run_cli, seeded, set_seed, set_threads)
 
 WHAT = ['recon', 'latent', 'boundary', 'manifold', 'samples', 'interp', 'anomaly', 'metrics', 'curves', 'codes']
@@ -40,8 +40,7 @@ def define_argparser():
                         'scores, the most anomalous images and ROC AUC; metrics: metrics.json and a table beside '
                         'PCA; curves: loss per epoch; codes (only when named): codes.npz, the test images\' codes, '
                         'labels, file names and reconstructions, for numpy or any other tool')
-    add_gpu_flag(p)
-    add_threads_flag(p)
+    add_device_flags(p)
     p.add_argument('--out_dir', default=None,
                    help='folder for the figures and metrics.json (default: MODEL_predict beside the checkpoint)')
     p.add_argument('--overwrite', action='store_true',

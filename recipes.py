@@ -16,7 +16,7 @@ from checkpoint import load_checkpoint
 from config import DEFAULTS, RECIPES, RunOptions, make_config
 from flags import as_flags
 from pipeline import train_or_reuse
-from utils import (ArgumentParser, add_gpu_flag, add_threads_flag, get_device, int_at_least, make_out_dir, print_rows,
+from utils import (ArgumentParser, add_device_flags, get_device, int_at_least, make_out_dir, print_rows,
                    progress_bar, run_cli, run_sibling, threads_flag)
 
 # Train-time targets, in minutes on 2 CPU cores; the papers' schedule trains for as long as it takes.
@@ -43,10 +43,9 @@ def define_argparser():
                         f'{SHORT_IW_SAMPLES} samples per image, for a quick check of the pipeline')
     p.add_argument('--overwrite', action='store_true',
                    help='train every recipe from the start, replacing its checkpoint in --recipes_dir (without it, '
-                        'a recipe whose checkpoint is there goes on from where it stopped, and one trained with '
-                        'other flags stops the run)')
-    add_gpu_flag(p)
-    add_threads_flag(p)
+                        'a recipe whose checkpoint is there is reused when finished and goes on from where it '
+                        'stopped otherwise, and one trained with other flags stops the run)')
+    add_device_flags(p)
     p.add_argument('--amp', action='store_true', help='train every recipe with --amp (bf16 autocast)')
     p.add_argument('--compile', action='store_true', help='train every recipe with --compile')
     p.add_argument('--data_dir', default=DEFAULTS['data_dir'],

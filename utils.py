@@ -98,14 +98,10 @@ def default_gpu_id():
     return 0 if torch.cuda.is_available() else -1
 
 
-def add_gpu_flag(parser):
-    """The --gpu_id flag, the same in every script."""
+def add_device_flags(parser):
+    """--gpu_id and --threads, the same in every script."""
     parser.add_argument('--gpu_id', type=int, default=default_gpu_id(),
                         help='CUDA device index, -1 for the CPU (default: 0 when CUDA is available, else -1)')
-
-
-def add_threads_flag(parser):
-    """The --threads flag, the same in every script."""
     parser.add_argument('--threads', type=int_at_least(1), default=None,
                         help="torch's threads for the CPU's work (default: torch's own choice, every core of the "
                              'machine, or 1 a rank under torchrun); on a machine shared with other jobs, give each job '
