@@ -349,34 +349,37 @@ class Metrics:
         return {**flat, **(self.variational.as_dict() if self.variational else {})}
 
 
-def test_metrics(model, model_config, train_set, test_set, codes, losses, bounds=None, batch_size=EVAL_BATCH_SIZE):
-    """Every number of predict.py's metrics table for one model (Metrics): its own losses, its
+def test_metrics(evaluation, model_config, labels=None, known=None):
+    """Every number of predict.py's metrics table (Metrics) for the model of an Evaluation, over the
+    test images that the bool mask known keeps (all of them by default): its own losses, its
     reconstruction errors, kNN on its codes, the same for PCA with as many components, and what
     applies to this model (a VAE's bounds and active units, a sparse code's near-zero share, a
-    denoiser's error from noisy inputs). train_set and test_set are (uint8 images, labels), labels
-    None for unlabelled data (no kNN accuracy); codes are encode_all() of both, (train, test); losses
-    are image_scores() of the test images, bounds a VAE's Bounds of them."""
-    (train_images, train_labels), (test_images, test_labels) = train_set, test_set
-    train_codes, test_codes = codes
+    denoiser's error from noisy inputs). labels: the (training, test) labels, for the kNN accuracy
+    of labelled data."""
+    e, model = evaluation, evaluation.model
+    keep = torch.ones(len(e.test_images), dtype=torch.bool, device=e.test_images.device) if known is None else known
+    test_images, test_codes = e.test_images[keep], e.test_codes[keep]
+    losses = {name: value[keep] for name, value in e.losses.items()}
     k = test_codes.shape[1]
-    pca = pca_baseline(train_images, test_images, k)
-    m = dict(n_test=len(test_images),
-             own_losses=mean_own_losses(losses, model.has_prior),
+    pca = pca_baseline(e.train_images, test_images, k)
+    m = dict(n_test=len(test_images), own_losses=mean_own_losses(losses, model.has_prior),
              sse_per_image=losses['sse'].mean().item(), bce_per_image=losses['bce'].mean().item(),
              pca_components=k, pca_sse_per_image=pca['sse'].mean().item(), pca_bce_per_image=pca['bce'].mean().item())
-    if train_labels is not None:
-        knn = knn_predict(train_codes, train_labels, test_codes, KNN_K)
+    if labels is not None:
+        train_labels, test_labels = labels[0], labels[1][keep]
+        knn = knn_predict(e.train_codes, train_labels, test_codes, KNN_K)
         pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], KNN_K)
         m.update(knn_accuracy=(knn == test_labels).float().mean().item(),
                  pca_knn_accuracy=(pca_knn == test_labels).float().mean().item(),
-                 train_knn_accuracy=leave_one_out_accuracy(train_codes, train_labels, KNN_K),
+                 train_knn_accuracy=leave_one_out_accuracy(e.train_codes, train_labels, KNN_K),
                  pca_train_knn_accuracy=leave_one_out_accuracy(pca['train_codes'], train_labels, KNN_K))
     if model_config.l1 or model_config.sparsity:
         m['code_near_zero'] = (test_codes.abs() < NEAR_ZERO).float().mean().item()
     if model_config.noise:
-        m['noisy_sse_per_image'] = noisy_errors(model, test_images, batch_size).mean().item()
+        m['noisy_sse_per_image'] = noisy_errors(model, test_images, e.batch_size).mean().item()
     if model.has_prior:
         likelihood, nats = model.likelihood.describe()
+        bounds = e.bounds.of(keep)
         m['variational'] = VariationalMetrics(
             likelihood, nats, bounds.neg_elbo.mean().item(), bounds.neg_iwae.mean().item(),
             (bounds.neg_iwae.std() / math.sqrt(len(bounds.neg_iwae))).item(), bounds.n_samples,

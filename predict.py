@@ -353,12 +353,8 @@ class Report:
         return [self.save(hist, 'anomaly_hist.png'), self.save(worst, 'anomalies.png')], measured
 
     def metrics(self):
-        train_set, test_set = self.train_set, (self.images, self.labels)
-        if not self.labelled:  # no classes for kNN to tell apart
-            train_set, test_set = (train_set[0], None), (self.images, None)
-        bounds = self.evaluation.bounds.of(self.known) if self.model.has_prior else None
-        m = analysis.test_metrics(self.model, self.config.model, train_set, test_set,
-                                  (self.train_codes, self.test_codes), self.losses, bounds, self.args.batch_size)
+        labels = (self.train_set[1], self.all_labels) if self.labelled else None  # else no classes for kNN
+        m = analysis.test_metrics(self.evaluation, self.config.model, labels, self.known)
         print('\n' + metrics_table(m))
         for warning in below_baseline(m, self.mismatch):
             print(f'predict.py: {warning}', file=sys.stderr)
