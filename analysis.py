@@ -1,6 +1,7 @@
-"""The numbers behind predict.py, each computed in batches over a whole data set: codes,
-per-image errors, kNN, ROC AUC, a PCA baseline, the importance-weighted bound, and the
-metrics that predict.py writes to metrics.json."""
+"""The numbers behind predict.py and oneclass.py, each computed in batches over a whole data set:
+codes, per-image errors, kNN, ROC AUC, a PCA baseline, the importance-weighted bound; the
+Evaluation of one model that computes each per-image quantity once, and the Metrics that
+predict.py writes to metrics.json."""
 import math
 from dataclasses import dataclass, fields
 from functools import cached_property
