@@ -350,24 +350,23 @@ class Metrics:
         return {**flat, **(self.variational.as_dict() if self.variational else {})}
 
 
-def test_metrics(evaluation, model_config, labels=None, known=None):
+def test_metrics(evaluation, model_config, known, labels=None):
     """Every number of predict.py's metrics table (Metrics) for the model of an Evaluation, over the
-    test images that the bool mask known keeps (all of them by default): its own losses, its
+    test images that the bool mask known keeps: its own losses, its
     reconstruction errors, kNN on its codes, the same for PCA with as many components, and what
     applies to this model (a VAE's bounds and active units, a sparse code's near-zero share, a
     denoiser's error from noisy inputs). labels: the (training, test) labels, for the kNN accuracy
     of labelled data."""
     e, model = evaluation, evaluation.model
-    keep = torch.ones(len(e.test_images), dtype=torch.bool, device=e.test_images.device) if known is None else known
-    test_images, test_codes = e.test_images[keep], e.test_codes[keep]
-    losses = {name: value[keep] for name, value in e.losses.items()}
+    test_images, test_codes = e.test_images[known], e.test_codes[known]
+    losses = {name: value[known] for name, value in e.losses.items()}
     k = test_codes.shape[1]
     pca = pca_baseline(e.train_images, test_images, k)
     m = dict(n_test=len(test_images), own_losses=mean_own_losses(losses, model.has_prior),
              sse_per_image=losses['sse'].mean().item(), bce_per_image=losses['bce'].mean().item(),
              pca_components=k, pca_sse_per_image=pca['sse'].mean().item(), pca_bce_per_image=pca['bce'].mean().item())
     if labels is not None:
-        train_labels, test_labels = labels[0], labels[1][keep]
+        train_labels, test_labels = labels[0], labels[1][known]
         knn = knn_predict(e.train_codes, train_labels, test_codes, KNN_K)
         pca_knn = knn_predict(pca['train_codes'], train_labels, pca['test_codes'], KNN_K)
         m.update(knn_accuracy=(knn == test_labels).float().mean().item(),
@@ -380,7 +379,7 @@ def test_metrics(evaluation, model_config, labels=None, known=None):
         m['noisy_sse_per_image'] = noisy_errors(model, test_images, e.batch_size).mean().item()
     if model.has_prior:
         likelihood, nats = model.likelihood.describe()
-        bounds = e.bounds.of(keep)
+        bounds = e.bounds.of(known)
         m['variational'] = VariationalMetrics(
             likelihood, nats, bounds.neg_elbo.mean().item(), bounds.neg_iwae.mean().item(),
             (bounds.neg_iwae.std() / math.sqrt(len(bounds.neg_iwae))).item(), bounds.n_samples,

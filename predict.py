@@ -159,7 +159,7 @@ class Report:
     def evaluation(self):
         """The evaluation of every test image (analysis.Evaluation): each per-image quantity computed once."""
         return analysis.Evaluation(self.model, lambda: self.train_set[0], self.all_images, self.args.iw_samples,
-                      self.args.batch_size)
+                                   self.args.batch_size)
 
     @cached_property
     def losses(self):
@@ -354,7 +354,7 @@ class Report:
 
     def metrics(self):
         labels = (self.train_set[1], self.all_labels) if self.labelled else None  # else no classes for kNN
-        m = analysis.test_metrics(self.evaluation, self.config.model, labels, self.known)
+        m = analysis.test_metrics(self.evaluation, self.config.model, self.known, labels)
         print('\n' + metrics_table(m))
         for warning in below_baseline(m, self.mismatch):
             print(f'predict.py: {warning}', file=sys.stderr)

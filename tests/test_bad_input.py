@@ -32,6 +32,7 @@ TRAIN = [
     (['--batch_size', '0'], '--batch_size'),
     (['--n_epochs', '0'], '--n_epochs'),
     (['--dropout_p', '1'], '--dropout_p'),
+    (['--dropout_p', '-0.1'], '--dropout_p'),
     (['--model', 'gan'], '--model'),
     (['--loss', 'bce'], '--loss'),
     (['--target_labels', '3', '10'], '--target_labels 10'),
